@@ -1,0 +1,42 @@
+"""BPF filters compiled by libpcap (through pcapy-ng): tcpdump's semantics, run in C."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pcapy
+
+from bulk.errors import FilterError
+
+_MAX_SNAPLEN = 262144
+_NETMASK_UNKNOWN = 0xFFFFFFFF
+
+
+class BpfFilter:
+    """One BPF expression, compiled once per link type met.
+
+    ``match(linktype, data)`` runs the compiled program over the packet bytes.
+    An expression libpcap rejects raises FilterError with libpcap's message.
+    """
+
+    def __init__(self, expression: str) -> None:
+        self.expression = expression
+        self._programs: dict[int, Callable[[bytes], int]] = {}
+
+    def program(self, linktype: int) -> Callable[[bytes], int]:
+        prog = self._programs.get(linktype)
+        if prog is None:
+            prog = compile_bpf(self.expression, linktype).filter
+            self._programs[linktype] = prog
+        return prog
+
+    def match(self, linktype: int, data: bytes) -> bool:
+        return bool(self.program(linktype)(data))
+
+
+def compile_bpf(expression: str, linktype: int) -> pcapy.BPFProgram:
+    """Compile an expression for a link type, or raise FilterError (one line)."""
+    try:
+        return pcapy.compile(linktype, _MAX_SNAPLEN, expression, 1, _NETMASK_UNKNOWN)
+    except pcapy.PcapError as exc:
+        raise FilterError(f"bad filter {expression!r}: {exc}") from None
