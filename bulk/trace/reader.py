@@ -102,7 +102,9 @@ class TraceReader:
         path = self.path
         rest = self._f.read(20)
         if len(rest) < 20:
-            raise TruncatedTrace(path, 4, f"pcap file header cut short ({4 + len(rest)} of 24 bytes)")
+            raise TruncatedTrace(
+                path, 4, f"pcap file header cut short ({4 + len(rest)} of 24 bytes)"
+            )
         _vmaj, _vmin, _zone, _sigfigs, snaplen, network = struct.unpack(endian + "HHiIII", rest)
         self.snaplen = snaplen
         linktype = network & 0xFFFF
@@ -151,7 +153,9 @@ class TraceReader:
                     base += pos
                     pos = 0
                     continue
-                yield Packet(sec * 1_000_000_000 + frac * mult, wirelen, linktype, buf[pos + 16 : end])
+                yield Packet(
+                    sec * 1_000_000_000 + frac * mult, wirelen, linktype, buf[pos + 16 : end]
+                )
                 pos = end
         finally:
             self.offset = base + pos
@@ -173,7 +177,9 @@ class TraceReader:
             if len(hdr) == 0:
                 return
             if len(hdr) < 8:
-                raise TruncatedTrace(path, offset, f"truncated block header ({len(hdr)} of 8 bytes)")
+                raise TruncatedTrace(
+                    path, offset, f"truncated block header ({len(hdr)} of 8 bytes)"
+                )
             btype = int.from_bytes(hdr[:4], "little" if endian == "<" else "big")
             if btype == PCAPNG_SHB:
                 bom_raw = read(4)
@@ -235,7 +241,9 @@ class TraceReader:
                 linktype, _snap, tps, tsoff = ifaces[ifid]
                 ts = (hi << 32) | lo
                 self.offset = offset + blen
-                yield Packet(_ticks_to_ns(ts, tps, tsoff), wirelen, linktype, data[20 : 20 + caplen])
+                yield Packet(
+                    _ticks_to_ns(ts, tps, tsoff), wirelen, linktype, data[20 : 20 + caplen]
+                )
             elif btype == 3:  # simple packet block: interface 0
                 if not ifaces:
                     raise TraceError(path, offset, "simple packet block before any interface")
@@ -259,7 +267,7 @@ class TraceReader:
                 break
             if code == 9 and length >= 1:  # if_tsresol
                 r = value[0]
-                tps = 2 ** (r & 0x7F) if r & 0x80 else 10 ** r
+                tps = 2 ** (r & 0x7F) if r & 0x80 else 10**r
             elif code == 14 and length >= 8:  # if_tsoffset (seconds)
                 (tsoff,) = struct.unpack_from(endian + "q", value)
             i += 4 + ((length + 3) & ~3)

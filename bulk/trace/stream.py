@@ -89,7 +89,7 @@ class TraceStream:
                 raise TraceError(path, None, exc.strerror or str(exc)) from None
             self._owns = True
         self._raw = raw
-        buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
+        buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[type-var]
         head = buffered.peek(4)[:4]
         self.compression: str | None = None
         self.file: BinaryIO
@@ -103,7 +103,7 @@ class TraceStream:
             reader = dctx.stream_reader(buffered, read_size=READ_SIZE, read_across_frames=True)
             self.file = io.BufferedReader(_Decoded(reader, path, "zstd"), READ_SIZE)
         else:
-            self.file = buffered  # type: ignore[assignment]
+            self.file = buffered
         self._buffered = buffered
 
     def close(self) -> None:

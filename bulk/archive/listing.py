@@ -1,0 +1,43 @@
+"""Find trace files: named files, or every trace in a directory (in name order)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from bulk.errors import UsageError
+
+# Names that hold traces, compressed or not. The open file of a capture ends in
+# ".pcap.open" and is included only when asked for.
+TRACE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcap.zst", ".pcapng.gz", ".pcapng.zst")
+OPEN_SUFFIX = ".open"
+
+
+def is_trace_name(name: str, include_open: bool = False) -> bool:
+    if include_open and name.endswith(OPEN_SUFFIX):
+        name = name[: -len(OPEN_SUFFIX)]
+    return name.endswith(TRACE_SUFFIXES) and not name.startswith(".")
+
+
+def traces_in_dir(directory: str, include_open: bool = False) -> list[str]:
+    """The trace files of a directory tree, sorted by path (archive names sort by time)."""
+    if not os.path.isdir(directory):
+        raise UsageError(f"{directory}: not a directory")
+    found: list[str] = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(
+            os.path.join(root, name) for name in sorted(files) if is_trace_name(name, include_open)
+        )
+    return found
+
+
+def expand_inputs(items: Iterable[str], include_open: bool = False) -> list[str]:
+    """Files as given; directories expanded to the traces they hold."""
+    paths: list[str] = []
+    for item in items:
+        if item != "-" and os.path.isdir(item):
+            paths.extend(traces_in_dir(item, include_open))
+        else:
+            paths.append(item)
+    return paths

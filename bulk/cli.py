@@ -1,0 +1,94 @@
+"""The ``bulk`` command line: argparse subcommands, one module per command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from bulk import __version__
+from bulk.commands import COMMANDS
+from bulk.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, BulkError
+
+EPILOG = """\
+exit status:
+  0  success
+  1  runtime failure (capture failed, disk full, ...)
+  2  bad input: unreadable or corrupt trace, bad filter, bad time spec, bad usage
+  3  a trace ended mid-record: every whole packet was processed, then stopped
+  130 interrupted
+
+Run 'bulk COMMAND --help' for a command's options and examples.
+Documentation: docs/commands/COMMAND.md in the source tree.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(f"bulk.commands.{name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="bulk",
+        description=(
+            "bulk: capture every packet into a rotating, compressed archive, and answer "
+            "forensic questions about stored traffic (slice a time window, extract by BPF, "
+            "write connection contents, find services on non-standard ports)."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"bulk {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        module = _load(name)
+        cmd = sub.add_parser(
+            module.NAME,
+            help=module.HELP,
+            description=module.DESCRIPTION,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(cmd)
+        cmd.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except BulkError as exc:
+        sys.stderr.write(f"bulk {args.command}: {exc}\n")
+        return exc.exit_status
+    except KeyboardInterrupt:
+        sys.stderr.write(f"bulk {args.command}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `bulk slice ... | head`): not an error of ours.
+        _silence_stdout()
+        return 0
+    return status
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, stop Python from failing again while flushing stdout at exit."""
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
