@@ -10,7 +10,7 @@ import gzip
 import io
 import sys
 import zlib
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -32,39 +32,55 @@ def _is_zstd_start(head: bytes) -> bool:
     return False
 
 
-class _Decoded(io.RawIOBase):
-    """Wrap a decompressor so that its errors become TraceError lines."""
+class _Decoded:
+    """A decompressing reader with plain ``read(n)`` semantics.
 
-    def __init__(self, inner: BinaryIO, path: str, kind: str) -> None:
+    ``read(n)`` returns ``n`` bytes, or fewer only at the end. When the
+    compressed input is cut or corrupt, the bytes decoded before the damage are
+    returned first and the error (a TraceError line) is raised on the next
+    call, so readers deliver every whole packet before reporting.
+    """
+
+    def __init__(self, inner: Any, path: str, kind: str) -> None:
         self._inner = inner
         self._path = path
         self._kind = kind
         self._pos = 0
+        self._error: TraceError | None = None
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        try:
-            data = self._inner.read(len(buffer))
-        except EOFError as exc:
-            raise TruncatedTrace(
-                self._path, None, f"{self._kind} stream ends early after {self._pos} bytes"
-            ) from exc
-        except (OSError, zlib.error, zstandard.ZstdError) as exc:
-            raise TraceError(
-                self._path, None, f"corrupt {self._kind} data after {self._pos} bytes: {exc}"
-            ) from exc
-        n = len(data)
-        buffer[:n] = data
-        self._pos += n
-        return n
+    def read(self, n: int = -1) -> bytes:
+        if self._error is not None:
+            raise self._error
+        parts: list[bytes] = []
+        got = 0
+        while n < 0 or got < n:
+            try:
+                chunk = self._inner.read1(READ_SIZE if n < 0 else n - got)
+            except EOFError:
+                self._error = TruncatedTrace(
+                    self._path,
+                    None,
+                    f"{self._kind} stream ends early after {self._pos + got} decompressed bytes",
+                )
+                break
+            except (OSError, zlib.error, zstandard.ZstdError) as exc:
+                self._error = TraceError(
+                    self._path,
+                    None,
+                    f"corrupt {self._kind} data after {self._pos + got} decompressed bytes: {exc}",
+                )
+                break
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        self._pos += got
+        if not parts and self._error is not None:
+            raise self._error
+        return b"".join(parts)
 
     def close(self) -> None:
-        try:
-            self._inner.close()
-        finally:
-            super().close()
+        self._inner.close()
 
 
 class TraceStream:
@@ -96,12 +112,12 @@ class TraceStream:
         if head[:2] == GZIP_MAGIC:
             self.compression = "gzip"
             inner: BinaryIO = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
-            self.file = io.BufferedReader(_Decoded(inner, path, "gzip"), READ_SIZE)
+            self.file = _Decoded(inner, path, "gzip")  # type: ignore[assignment]
         elif _is_zstd_start(head):
             self.compression = "zstd"
             dctx = zstandard.ZstdDecompressor()
             reader = dctx.stream_reader(buffered, read_size=READ_SIZE, read_across_frames=True)
-            self.file = io.BufferedReader(_Decoded(reader, path, "zstd"), READ_SIZE)
+            self.file = _Decoded(reader, path, "zstd")  # type: ignore[assignment]
         else:
             self.file = buffered
         self._buffered = buffered

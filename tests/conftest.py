@@ -1,0 +1,56 @@
+"""Shared fixtures: the bundled real traces and a way to run the bulk CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+MANIFEST = json.loads((DATA / "manifest.json").read_text())
+TRACES = sorted(DATA / entry["file"] for entry in MANIFEST)
+TRACE_IDS = [p.name for p in TRACES]
+BULK = [sys.executable, "-m", "bulk"]
+
+
+def run_bulk(
+    *args: str | os.PathLike[str],
+    input: bytes | None = None,
+    check: bool = False,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the real command line in a subprocess (as an operator would)."""
+    proc = subprocess.run(
+        [*BULK, *map(str, args)],
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"bulk {' '.join(map(str, args))} exited {proc.returncode}: {proc.stderr.decode()}"
+        )
+    return proc
+
+
+def require_tool(name: str) -> str:
+    """The path of a reference tool; CI installs them all, so absence is a failure there."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"reference tool {name} is not installed (scripts/dev.sh installs it)")
+        pytest.skip(f"reference tool {name} is not installed")
+    return path
+
+
+@pytest.fixture(params=TRACES, ids=TRACE_IDS)
+def trace(request: pytest.FixtureRequest) -> Path:
+    """Each bundled real trace in turn."""
+    path: Path = request.param
+    return path
