@@ -1,0 +1,1 @@
+"""Flow-table analyzers (plugins) and their pure building blocks."""

@@ -1,0 +1,350 @@
+"""Backdoor analysis: the service of each TCP connection, from its payload.
+
+Per connection we keep the first ``inspect_bytes`` of each direction's
+reassembled stream and Zhang-Paxson keystroke statistics over the first
+``max_data_packets`` data deliveries of each direction. As soon as the
+evidence is decisive (a server-side signature, or a client-side signature
+plus the server's first bytes), the connection is classified and the
+analyzer tells the flow table it is done with it, so the rest of a long
+connection costs nothing.
+
+Roles come from the payload first: whoever sends ``HTTP/1.1 200`` is the
+server, whatever the handshake or the ports say. Only for symmetric openings
+(the SSH banner, the BitTorrent handshake) does the handshake decide, and
+without one, the flow table's orientation (``roles = "guess"``).
+
+Server-side evidence outranks client-side evidence: a backdoor is a server,
+so a client that speaks HTTP to an SSH server (get-to-ssh-server.pcap) is a
+connection to SSH, noted in the evidence.
+
+The module is independent of the flow table: :class:`BackdoorFlow` takes
+``data``/``gap`` calls and returns a :class:`Finding`; the flow-table plugin
+in :mod:`bulk.analyzers.backdoor_plugin` wires it to the table's hooks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bulk.analyzers.interactive import EndpointStats, interactive_verdict, ssh_lengths
+from bulk.analyzers.signatures import (
+    Match,
+    Role,
+    line_stats,
+    match_midstream,
+    match_stream,
+)
+from bulk.analyzers.standard_ports import StandardPorts
+
+
+@dataclass(frozen=True, slots=True)
+class BackdoorConfig:
+    """How much of each connection is inspected, and what counts as standard."""
+
+    standard: StandardPorts = field(default_factory=StandardPorts.default)
+    inspect_bytes: int = 512  # per direction, from the stream's start
+    max_data_packets: int = 32  # data deliveries per direction, then decide (cut-off)
+    report_standard: bool = False  # --all: also services on their standard ports
+    report_interactive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One classified connection, with client and server as the payload says."""
+
+    ts_ns: int  # first packet of the connection
+    uid: str
+    client: Endpoint
+    server: Endpoint
+    proto: str
+    service: str
+    evidence: str
+    confidence: float
+    standard: bool  # the server port is a standard port of ``service``
+    roles: str  # "payload", "handshake" or "guess": how client/server were decided
+    midstream: bool  # the connection's start was not seen
+
+    def to_json(self) -> dict[str, Any]:
+        """Zeek-like field names (conn.log style), one JSON object per finding."""
+        return {
+            "ts": self.ts_ns / 1e9,
+            "uid": self.uid,
+            "orig_h": self.client.host,
+            "orig_p": self.client.port,
+            "resp_h": self.server.host,
+            "resp_p": self.server.port,
+            "proto": self.proto,
+            "service": self.service,
+            "evidence": self.evidence,
+            "confidence": self.confidence,
+            "standard_port": self.standard,
+            "roles": self.roles,
+            "midstream": self.midstream,
+        }
+
+
+def make_uid(ts_ns: int, a: Endpoint, b: Endpoint, proto: str) -> str:
+    """A Zeek-looking connection id, deterministic for the same connection."""
+    key = f"{ts_ns}|{proto}|{a.host}|{a.port}|{b.host}|{b.port}".encode()
+    digest = int.from_bytes(hashlib.blake2b(key, digest_size=12).digest(), "big")
+    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    chars = []
+    for _ in range(17):
+        digest, r = divmod(digest, 62)
+        chars.append(alphabet[r])
+    return "C" + "".join(chars)
+
+
+class _Direction:
+    """One direction of one connection: the first bytes, the first packet, stats."""
+
+    __slots__ = ("buf", "closed", "first_segment", "first_ts", "matches", "stats")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.first_segment: bytes | None = None
+        self.first_ts = 0
+        self.closed = False  # a gap (or the window) ended the inspected prefix
+        self.matches: list[Match] = []
+        self.stats = EndpointStats()
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    service: str
+    server_is_resp: bool
+    evidence: str
+    confidence: float
+    roles: str
+
+
+class BackdoorFlow:
+    """Per-connection state of the backdoor analyzer (small; freed when done).
+
+    ``orig``/``resp`` are the flow table's endpoints; ``handshake`` says the
+    table saw the SYN, so that ``orig`` is truly the client.
+    """
+
+    __slots__ = ("cfg", "dirs", "done", "handshake", "last_ts", "orig", "resp", "start_ts")
+
+    def __init__(
+        self,
+        cfg: BackdoorConfig,
+        orig: Endpoint,
+        resp: Endpoint,
+        start_ts: int,
+        handshake: bool,
+    ) -> None:
+        self.cfg = cfg
+        self.orig = orig
+        self.resp = resp
+        self.start_ts = start_ts
+        self.last_ts = start_ts
+        self.handshake = handshake
+        self.dirs = (_Direction(), _Direction())  # [0] from orig, [1] from resp
+        self.done = False
+
+    # ------------------------------------------------------------ input
+
+    def data(self, from_orig: bool, ts_ns: int, data: bytes) -> bool:
+        """New in-order stream bytes; returns True once the flow is decided."""
+        if self.done or not data:
+            return self.done
+        self.last_ts = max(self.last_ts, ts_ns)
+        d = self.dirs[0 if from_orig else 1]
+        if d.first_segment is None:
+            d.first_segment = bytes(data[:64])
+            d.first_ts = ts_ns
+        d.stats.add(ts_ns, data)
+        if not d.closed and len(d.buf) < self.cfg.inspect_bytes:
+            d.buf += data[: self.cfg.inspect_bytes - len(d.buf)]
+            self._match(d)
+        return self._decisive()
+
+    def gap(self, from_orig: bool) -> None:
+        """Bytes are missing in one direction: its prefix ends here."""
+        d = self.dirs[0 if from_orig else 1]
+        if d.buf or d.first_segment is not None:
+            d.closed = True
+
+    def _match(self, d: _Direction) -> None:
+        if d.first_segment is None:
+            return
+        found = match_stream(bytes(d.buf), d.first_segment)
+        other = self.dirs[1] if d is self.dirs[0] else self.dirs[0]
+        # The root prompt only counts before the other side said anything.
+        if other.first_segment is not None and other.first_ts < d.first_ts:
+            found = [m for m in found if m.service != "root-shell"]
+        d.matches = found
+
+    def _decisive(self) -> bool:
+        o, r = self.dirs
+        for d, other in ((o, r), (r, o)):
+            for m in d.matches:
+                if m.role is Role.SERVER and m.confidence >= 0.8:
+                    return True
+                if m.role is Role.CLIENT and other.first_segment is not None:
+                    return True
+                if m.role is Role.EITHER and other.matches:
+                    return True
+        if o.stats.num_pkts + r.stats.num_pkts >= 2 * self.cfg.max_data_packets:
+            return True
+        return (
+            o.stats.num_pkts >= self.cfg.max_data_packets
+            and r.stats.num_pkts >= self.cfg.max_data_packets
+        )
+
+    # ------------------------------------------------------------ output
+
+    def finish(self) -> Finding | None:
+        """Classify with what was seen; None when nothing is known."""
+        self.done = True
+        dec = self._decide()
+        self.dirs = (_Direction(), _Direction())  # release the buffers
+        if dec is None:
+            return None
+        client, server = (self.orig, self.resp) if dec.server_is_resp else (self.resp, self.orig)
+        standard = self.cfg.standard.is_standard(dec.service, server.port)
+        if standard and not self.cfg.report_standard:
+            return None
+        if dec.service == "interactive" and not self.cfg.report_interactive:
+            return None
+        return Finding(
+            ts_ns=self.start_ts,
+            uid=make_uid(self.start_ts, self.orig, self.resp, "tcp"),
+            client=client,
+            server=server,
+            proto="tcp",
+            service=dec.service,
+            evidence=dec.evidence,
+            confidence=dec.confidence,
+            standard=standard,
+            roles=dec.roles,
+            midstream=not self.handshake,
+        )
+
+    def _decide(self) -> _Decision | None:
+        o, r = self.dirs
+        matches = [(m, True) for m in o.matches] + [(m, False) for m in r.matches]
+        if not matches and not self.handshake:
+            for d, from_orig in ((o, True), (r, False)):
+                matches += [(m, from_orig) for m in match_midstream(bytes(d.buf))]
+        dec = decide(matches, self.handshake, self._guess_server_is_resp)
+        if dec is not None:
+            return _telnet_lines(dec, o, r)
+        return self._stats_decision()
+
+    def _stats_decision(self) -> _Decision | None:
+        o, r = self.dirs
+        duration = self.last_ts - self.start_ts
+        if not self.handshake:
+            ssh = ssh_lengths(o.stats, r.stats)
+            if ssh.interactive:
+                server_is_resp = self._guess_server_is_resp("ssh")
+                return _Decision("ssh", server_is_resp, f"ssh-len: {ssh.evidence}",
+                                 ssh.confidence, "guess")
+        verdict = interactive_verdict(o.stats, r.stats, duration)
+        if verdict.interactive:
+            return _Decision("interactive", True, f"interactive: {verdict.evidence}",
+                             verdict.confidence, "handshake" if self.handshake else "guess")
+        return None
+
+    def _guess_server_is_resp(self, service: str) -> bool:
+        if self.handshake:
+            return True
+        std = self.cfg.standard
+        if std.is_standard(service, self.resp.port) != std.is_standard(service, self.orig.port):
+            return std.is_standard(service, self.resp.port)
+        return True
+
+
+def _telnet_lines(dec: _Decision, o: _Direction, r: _Direction) -> _Decision:
+    """Raise a telnet match's confidence when the text looks like a terminal session."""
+    if dec.service != "telnet":
+        return dec
+    stats = line_stats(bytes(o.buf) + bytes(r.buf))
+    if not stats.texty():
+        return dec
+    conf = min(0.95, dec.confidence + 0.1)
+    ev = f"{dec.evidence}; lines {stats.num_normal_lines}/{stats.num_lines} normal, " \
+         f"{stats.num_7bit_ascii}/{stats.num_bytes} ASCII"
+    return _Decision(dec.service, dec.server_is_resp, ev, conf, dec.roles)
+
+
+def _describe(m: Match, from_orig: bool, server_is_resp: bool) -> str:
+    side = "client" if from_orig == server_is_resp else "server"
+    detail = f" '{m.detail}'" if m.detail else ""
+    return f"{side} {m.evidence}{detail}"
+
+
+def decide(
+    matches: list[tuple[Match, bool]],
+    handshake: bool,
+    guess: Callable[[str], bool] | None = None,
+) -> _Decision | None:
+    """Combine the matches of both directions into one service and one server.
+
+    ``matches`` pairs each match with whether the originator sent it. The
+    server is decided first: by the best server-role match, else by the best
+    client-role match, else (only symmetric matches) by the handshake, else
+    by ``guess(service)`` (True: the responder is the server). Then the
+    service is what the server said (server-role or symmetric matches from
+    its side), and only when it said nothing recognisable, what the client
+    said. Agreement of both sides raises the confidence.
+    """
+    if not matches:
+        return None
+    servers = [(m, fo) for m, fo in matches if m.role is Role.SERVER]
+    clients = [(m, fo) for m, fo in matches if m.role is Role.CLIENT]
+    roles = "payload"
+    if servers:
+        server_is_resp = not max(servers, key=_conf)[1]
+    elif clients:
+        server_is_resp = max(clients, key=_conf)[1]
+    else:
+        best = max(matches, key=_conf)[0]
+        if handshake or guess is None:
+            server_is_resp, roles = True, "handshake" if handshake else "guess"
+        else:
+            server_is_resp, roles = guess(best.service), "guess"
+    by_server = [(m, f) for m, f in matches if f != server_is_resp and m.role is not Role.CLIENT]
+    by_client = [(m, f) for m, f in matches if f == server_is_resp and m.role is not Role.SERVER]
+    if by_server:
+        best, fo = max(by_server, key=_conf)
+        service = best.service
+        if best.evidence == "220-banner":
+            # A bare 220 greeting: the client's command says FTP or SMTP.
+            for m, _ in by_client:
+                if m.service in ("ftp", "smtp"):
+                    service = m.service
+                    break
+    else:
+        best, fo = max(by_client, key=_conf)
+        service = best.service
+    conf = best.confidence
+    evidence = [_describe(best, fo, server_is_resp)]
+    others = [(m, f) for m, f in by_server + by_client if m is not best]
+    same = [(m, f) for m, f in others if m.service == service and f != fo]
+    if same:
+        m, f = max(same, key=_conf)
+        conf = min(0.99, max(conf, m.confidence) + 0.04)
+        evidence.append(_describe(m, f, server_is_resp))
+    else:
+        for m, f in by_client:
+            if m.service != service:
+                evidence.append(f"client spoke {m.service}: {_describe(m, f, server_is_resp)}")
+                break
+    return _Decision(service, server_is_resp, "; ".join(evidence), round(conf, 2), roles)
+
+
+def _conf(item: tuple[Match, bool]) -> float:
+    return item[0].confidence
