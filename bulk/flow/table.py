@@ -1,0 +1,538 @@
+"""The one flow table under every analyzer.
+
+:class:`FlowTable` keeps one :class:`Flow` per bidirectional 5-tuple
+(addresses, ports, IP protocol; VLAN tags are not part of the key), decides
+originator and responder, reassembles TCP (:mod:`bulk.flow.tcp`) and calls
+the registered analyzers (:mod:`bulk.flow.analyzer`).
+
+* Roles: the sender of a SYN (without ACK) is the originator; the sender of a
+  SYN-ACK is the responder. Without either, a port < 1024 facing a port >= 1024
+  is the responder, then for TCP the lower port; otherwise the sender of the
+  first packet is the originator. ``Flow.role`` names the evidence. A SYN or
+  SYN-ACK seen later corrects weaker evidence; an analyzer can re-decide from
+  payload with :meth:`Flow.swap_roles`.
+* Timeouts run on packet time, never the wall clock: a flow without a packet
+  for ``idle_timeout_s`` ends (``idle``), one older than ``active_timeout_s``
+  ends and restarts (``active``; 0 disables it), a TCP connection closed by
+  FIN on both sides or by RST ends ``close_delay_s`` after closing (late ACKs
+  and retransmissions still count), at once when a new SYN reuses its 4-tuple
+  (``reused``).
+* Memory: at most ``max_flows`` flows; the least recently used is ended
+  (``evicted``) to make room. Buffered TCP bytes are bounded per direction and
+  table-wide (:class:`bulk.flow.tcp.ReassemblyLimits`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bulk.decode import (
+    ACK,
+    FRAG_LATER,
+    PROTO_TCP,
+    PROTO_UDP,
+    SYN,
+    Decoded,
+    addr_text,
+    decode_fields,
+)
+from bulk.flow.analyzer import (
+    END_ACTIVE,
+    END_EOF,
+    END_EVICTED,
+    END_FIN,
+    END_IDLE,
+    END_REUSED,
+    END_RST,
+    Analyzer,
+)
+from bulk.flow.tcp import M32, ReassemblyLimits, TcpConn, TcpStream
+from bulk.trace.packet import Packet
+
+NS = 1_000_000_000
+
+# Role evidence, weakest first. Analyzers may use their own strings (ranked
+# as ROLE_PAYLOAD).
+ROLE_FIRST = "first"  # sender of the first packet seen
+ROLE_PORT = "port"  # port numbers (well-known / lower port is the responder)
+ROLE_PAYLOAD = "payload"  # an analyzer recognised client/server from payload
+ROLE_SYNACK = "synack"  # the responder sent a SYN-ACK
+ROLE_SYN = "syn"  # the originator sent a SYN
+_ROLE_RANK = {ROLE_FIRST: 0, ROLE_PORT: 1, ROLE_PAYLOAD: 2, ROLE_SYNACK: 3, ROLE_SYN: 4}
+
+_UID_SPACE = 62**10
+# Odd and not a multiple of 31, so n -> n * _UID_MULT mod 62**10 is a bijection:
+# deterministic, unique, and consecutive flows get unrelated-looking uids.
+_UID_MULT = 519_285_026_174_517_913
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def make_uid(n: int) -> str:
+    """A Zeek-looking, deterministic, unique connection id for counter ``n``."""
+    v = (n * _UID_MULT) % _UID_SPACE
+    out = []
+    for _ in range(10):
+        v, r = divmod(v, 62)
+        out.append(_B62[r])
+    return "C" + "".join(reversed(out))
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Flow table settings. Times are seconds of packet time."""
+
+    idle_timeout_s: float = 300.0
+    active_timeout_s: float = 0.0  # 0: never split a long flow
+    close_delay_s: float = 5.0
+    max_flows: int = 262_144
+    protocols: frozenset[int] | None = None  # IP protocols to track; None: all
+    sweep_interval_s: float = 1.0
+    max_pending_bytes: int = 1 << 20  # out-of-order bytes per direction
+    max_pending_segments: int = 2048
+    reassembly_budget_bytes: int = 256 << 20  # out-of-order bytes, whole table
+    hold_packets: int = 8  # midstream: packets to wait for the lowest sequence number
+    hold_bytes: int = 64 << 10
+
+    def __post_init__(self) -> None:
+        if self.idle_timeout_s <= 0:
+            raise ValueError("idle timeout must be positive")
+        if self.active_timeout_s < 0 or self.close_delay_s < 0:
+            raise ValueError("timeouts must not be negative")
+        if self.max_flows < 1:
+            raise ValueError("max_flows must be at least 1")
+
+
+@dataclass
+class TableStats:
+    """Counters of one table run (what was skipped, and why)."""
+
+    packets: int = 0
+    undecodable: int = 0  # not IPv4/IPv6, or cut inside a header
+    later_fragments: int = 0  # IPv4/IPv6 fragments without transport header
+    other_protocols: int = 0  # IP protocols the table was told not to track
+    flows: int = 0
+    ended: dict[str, int] = field(default_factory=dict)
+
+
+class Flow:
+    """One bidirectional flow. Analyzers read it; only the table writes it.
+
+    Per-direction lists (``pkts``, ``wire_bytes``, ``payload_bytes``) are
+    indexed by direction (0 = originator to responder). ``tcp`` holds the
+    reassembly state of a TCP flow (``flow.tcp.streams[d]`` has ``delivered``,
+    ``gaps``, ``gap_bytes``, ``dup_bytes``, ``midstream``, ``flags``...).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_hosts",
+        "_table",
+        "active",
+        "alive",
+        "closing",
+        "ipver",
+        "last_ns",
+        "nswaps",
+        "okey",
+        "orig_addr",
+        "orig_p",
+        "payload_bytes",
+        "pkts",
+        "proto",
+        "resp_addr",
+        "resp_p",
+        "rkey",
+        "role",
+        "start_ns",
+        "states",
+        "tcp",
+        "uid",
+        "vlan",
+        "wire_bytes",
+    )
+
+    def __init__(
+        self, table: FlowTable, uid: str, d: Decoded, orig_is_src: bool, role: str
+    ) -> None:
+        self._table = table
+        self.uid = uid
+        self.proto = d[3]
+        self.ipver = d[2]
+        if orig_is_src:
+            self.orig_addr, self.orig_p, self.resp_addr, self.resp_p = d[4], d[6], d[5], d[7]
+        else:
+            self.orig_addr, self.orig_p, self.resp_addr, self.resp_p = d[5], d[7], d[4], d[6]
+        self.okey = (self.orig_addr, self.resp_addr, self.orig_p, self.resp_p, self.proto)
+        self.rkey = (self.resp_addr, self.orig_addr, self.resp_p, self.orig_p, self.proto)
+        self.vlan = d[15]
+        self.role = role
+        self.start_ns = d[0]
+        self.last_ns = d[0]
+        self.pkts = [0, 0]
+        self.wire_bytes = [0, 0]
+        self.payload_bytes = [0, 0]  # L4 payload on the wire (captured or not)
+        self.states: list[Any] = []
+        self.active = 0  # bit i: analyzer i attached and not done
+        self.tcp: TcpConn | None = None
+        self.closing = 0  # packet time at which a closed connection ends (0: open)
+        self.alive = True
+        self.nswaps = 0
+        self._hosts: tuple[str, str] | None = None
+
+    # ---- read-only views -------------------------------------------------
+    @property
+    def orig_h(self) -> str:
+        return self._host_text()[0]
+
+    @property
+    def resp_h(self) -> str:
+        return self._host_text()[1]
+
+    def _host_text(self) -> tuple[str, str]:
+        if self._hosts is None:
+            self._hosts = (addr_text(self.orig_addr), addr_text(self.resp_addr))
+        return self._hosts
+
+    @property
+    def role_certain(self) -> bool:
+        """True when a SYN or SYN-ACK decided the roles."""
+        return self.role in (ROLE_SYN, ROLE_SYNACK)
+
+    @property
+    def streams(self) -> list[TcpStream] | None:
+        return None if self.tcp is None else self.tcp.streams
+
+    def swap_roles(self, evidence: str = ROLE_PAYLOAD, force: bool = False) -> bool:
+        """Make the responder the originator, citing ``evidence``.
+
+        Refused (returns False) when a SYN or SYN-ACK already decided the
+        roles, unless ``force``. Every analyzer holding state for the flow
+        gets ``on_roles_swapped``; directions passed afterwards follow the
+        new roles.
+        """
+        if not self.alive or (self.role_certain and not force):
+            return False
+        self._table.swap(self, evidence)
+        return True
+
+    def __repr__(self) -> str:
+        return (
+            f"Flow({self.uid} {self.orig_h}:{self.orig_p} -> {self.resp_h}:{self.resp_p}"
+            f" proto={self.proto} role={self.role})"
+        )
+
+
+class FlowTable:
+    """Flows keyed by 5-tuple, with TCP reassembly, feeding ``analyzers`` in order."""
+
+    def __init__(
+        self, analyzers: Sequence[Analyzer[Any]], config: FlowConfig | None = None
+    ) -> None:
+        if len(analyzers) > 60:
+            raise ValueError("too many analyzers")
+        self.config = cfg = config or FlowConfig()
+        self.analyzers = list(analyzers)
+        self.stats = TableStats()
+        self.limits = ReassemblyLimits(
+            cfg.max_pending_bytes,
+            cfg.max_pending_segments,
+            cfg.reassembly_budget_bytes,
+            cfg.hold_packets,
+            cfg.hold_bytes,
+        )
+        self._idle_ns = int(cfg.idle_timeout_s * NS)
+        self._active_ns = int(cfg.active_timeout_s * NS)
+        self._close_ns = int(cfg.close_delay_s * NS)
+        self._sweep_ns = max(1, int(cfg.sweep_interval_s * NS))
+        self._protocols = cfg.protocols
+        self._index: dict[tuple[bytes, bytes, int, int, int], tuple[Flow, int]] = {}
+        self._lru: OrderedDict[Flow, None] = OrderedDict()
+        self._closing: deque[tuple[int, Flow]] = deque()
+        self._now = -(1 << 62)
+        self._next_sweep = -(1 << 62)
+        self._nflows = 0
+        self._finished = False
+        base = Analyzer.__dict__
+        self._pkt_hooks = []
+        self._data_hooks = []
+        self._gap_hooks = []
+        self._stream_mask = 0
+        for i, a in enumerate(self.analyzers):
+            bit = 1 << i
+            cls = type(a)
+            if getattr(cls, "on_packet", None) is not base["on_packet"]:
+                self._pkt_hooks.append((i, bit, a.on_packet))
+            if a.wants_stream:
+                self._stream_mask |= bit
+                if getattr(cls, "on_data", None) is not base["on_data"]:
+                    self._data_hooks.append((i, bit, a.on_data))
+                if getattr(cls, "on_gap", None) is not base["on_gap"]:
+                    self._gap_hooks.append((i, bit, a.on_gap))
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def flows(self) -> Iterator[Flow]:
+        """The live flows, least recently used first."""
+        return iter(list(self._lru))
+
+    # ---- input -----------------------------------------------------------
+    def run(self, packets: Iterable[Packet]) -> TableStats:
+        """Process every packet, then :meth:`finish`; returns the counters."""
+        process = self.process_decoded
+        stats = self.stats
+        for pkt in packets:
+            d = decode_fields(pkt[0], pkt[1], pkt[2], pkt[3])
+            if d is None:
+                stats.packets += 1
+                stats.undecodable += 1
+                continue
+            process(d)
+        self.finish()
+        return stats
+
+    def process(self, pkt: Packet) -> None:
+        """Decode and process one packet."""
+        d = decode_fields(pkt[0], pkt[1], pkt[2], pkt[3])
+        if d is None:
+            self.stats.packets += 1
+            self.stats.undecodable += 1
+            return
+        self.process_decoded(d)
+
+    def process_decoded(self, d: Decoded) -> None:
+        """Process one decoded packet (the hot path)."""
+        stats = self.stats
+        stats.packets += 1
+        ts = d[0]
+        if ts > self._now:
+            self._now = ts
+            if ts >= self._next_sweep:
+                self._sweep(ts)
+        if d[14] == FRAG_LATER:
+            stats.later_fragments += 1
+            return
+        proto = d[3]
+        if self._protocols is not None and proto not in self._protocols:
+            stats.other_protocols += 1
+            return
+        key = (d[4], d[5], d[6], d[7], proto)
+        entry = self._index.get(key)
+        if entry is None:
+            flow = self._new_flow(d)
+            direction = 0 if key == flow.okey else 1
+        else:
+            flow, direction = entry
+            if self._active_ns and ts - flow.start_ns >= self._active_ns:
+                self._end(flow, END_ACTIVE)
+                flow = self._new_flow(d)
+                direction = 0 if key == flow.okey else 1
+            elif proto == PROTO_TCP and d[8] & SYN:
+                flow, direction = self._syn(flow, direction, d, key)
+            self._lru.move_to_end(flow)
+        flow.last_ns = max(flow.last_ns, ts)
+        flow.pkts[direction] += 1
+        flow.wire_bytes[direction] += d[1]
+        flow.payload_bytes[direction] += len(d[12]) + d[13]
+        if flow.active and self._pkt_hooks:
+            sw = flow.nswaps
+            states = flow.states
+            for i, bit, fn in self._pkt_hooks:
+                if flow.active & bit and fn(flow, states[i], direction, d):
+                    self._detach(flow, bit)
+            if flow.nswaps != sw:
+                direction = 0 if key == flow.okey else 1
+        tcp = flow.tcp
+        if tcp is not None:
+            tcp.segment(direction, d[8], d[9], d[10], d[12], d[13], ts)
+            if not flow.closing and tcp.finished and flow.alive:
+                flow.closing = deadline = ts + self._close_ns
+                self._closing.append((deadline, flow))
+
+    # ---- flows -----------------------------------------------------------
+    def _new_flow(self, d: Decoded) -> Flow:
+        proto = d[3]
+        sport = d[6]
+        dport = d[7]
+        role = ROLE_FIRST
+        orig_is_src = True
+        flags = d[8]
+        if proto == PROTO_TCP and flags & SYN:
+            if flags & ACK:
+                role = ROLE_SYNACK
+                orig_is_src = False
+            else:
+                role = ROLE_SYN
+        elif proto in (PROTO_TCP, PROTO_UDP):
+            if (sport < 1024) != (dport < 1024):
+                role = ROLE_PORT
+                orig_is_src = dport < 1024
+            elif proto == PROTO_TCP and sport != dport:
+                role = ROLE_PORT
+                orig_is_src = dport < sport
+        self._nflows += 1
+        self.stats.flows += 1
+        flow = Flow(self, make_uid(self._nflows), d, orig_is_src, role)
+        self._index[flow.okey] = (flow, 0)
+        self._index[flow.rkey] = (flow, 1)
+        self._lru[flow] = None
+        states = flow.states
+        active = 0
+        for i, a in enumerate(self.analyzers):
+            st = a.on_flow_start(flow)
+            states.append(st)
+            if st is not None:
+                active |= 1 << i
+        flow.active = active
+        if proto == PROTO_TCP:
+            flow.tcp = TcpConn(flow, self, self.limits)
+            if not active & self._stream_mask:
+                flow.tcp.stop_collecting()
+        if len(self._lru) > self.config.max_flows:
+            self._end(next(iter(self._lru)), END_EVICTED)
+        return flow
+
+    def _syn(
+        self, flow: Flow, direction: int, d: Decoded, key: tuple[bytes, bytes, int, int, int]
+    ) -> tuple[Flow, int]:
+        """A SYN or SYN-ACK on a known flow: retransmission, new connection, or role fix."""
+        tcp = flow.tcp
+        assert tcp is not None
+        flags = d[8]
+        seq = d[9]
+        s = tcp.streams[direction]
+        if s.isn is not None:
+            new = seq != s.isn
+        elif tcp.finished or flow.closing:
+            new = True
+        elif s.started:
+            # Midstream flow: a SYN at or shortly before the start is this
+            # connection's late SYN; anything else starts a new connection.
+            behind = (s.base - seq - 1) & M32
+            new = tcp.any_fin_or_rst or behind >= (1 << 20)
+        else:
+            new = False
+        if new:
+            self._end(flow, END_REUSED)
+            flow = self._new_flow(d)
+            return flow, (0 if key == flow.okey else 1)
+        rank = _ROLE_RANK.get(flow.role, 2)
+        if flags & ACK:
+            if direction == 0 and rank < _ROLE_RANK[ROLE_SYNACK]:
+                self.swap(flow, ROLE_SYNACK)
+                direction = 1
+            elif direction == 1 and rank < _ROLE_RANK[ROLE_SYNACK]:
+                flow.role = ROLE_SYNACK
+        elif direction == 1 and rank < _ROLE_RANK[ROLE_SYN]:
+            self.swap(flow, ROLE_SYN)
+            direction = 0
+        elif direction == 0 and rank < _ROLE_RANK[ROLE_SYN]:
+            flow.role = ROLE_SYN
+        return flow, direction
+
+    def swap(self, flow: Flow, evidence: str) -> None:
+        """Swap the roles of ``flow`` (use :meth:`Flow.swap_roles` from analyzers)."""
+        flow.orig_addr, flow.resp_addr = flow.resp_addr, flow.orig_addr
+        flow.orig_p, flow.resp_p = flow.resp_p, flow.orig_p
+        flow.okey, flow.rkey = flow.rkey, flow.okey
+        flow.pkts.reverse()
+        flow.wire_bytes.reverse()
+        flow.payload_bytes.reverse()
+        flow._hosts = None
+        flow.role = evidence
+        flow.nswaps += 1
+        if flow.alive:
+            self._index[flow.okey] = (flow, 0)
+            self._index[flow.rkey] = (flow, 1)
+        if flow.tcp is not None:
+            flow.tcp.swap()
+        for a, st in zip(self.analyzers, flow.states, strict=True):
+            if st is not None:
+                a.on_roles_swapped(flow, st)
+
+    def _detach(self, flow: Flow, bit: int) -> None:
+        flow.active &= ~bit
+        tcp = flow.tcp
+        if tcp is not None and tcp.collect and not flow.active & self._stream_mask:
+            tcp.stop_collecting()
+
+    def _end(self, flow: Flow, reason: str) -> None:
+        if not flow.alive:
+            return
+        flow.alive = False
+        del self._index[flow.okey]
+        del self._index[flow.rkey]
+        del self._lru[flow]
+        if flow.tcp is not None:
+            flow.tcp.finish(flow.last_ns)
+        for a, st in zip(self.analyzers, flow.states, strict=True):
+            if st is not None:
+                a.on_flow_end(flow, st, reason)
+        flow.states = []
+        flow.active = 0
+        ended = self.stats.ended
+        ended[reason] = ended.get(reason, 0) + 1
+
+    def _sweep(self, now: int) -> None:
+        self._next_sweep = now + self._sweep_ns
+        lru = self._lru
+        limit = now - self._idle_ns
+        while lru:
+            flow = next(iter(lru))
+            if flow.last_ns > limit:
+                break
+            tcp = flow.tcp
+            if flow.closing and tcp is not None:
+                self._end(flow, END_RST if tcp.rst else END_FIN)
+            else:
+                self._end(flow, END_IDLE)
+        q = self._closing
+        while q and q[0][0] <= now:
+            deadline, flow = q.popleft()
+            if flow.alive and flow.closing == deadline:
+                tcp = flow.tcp
+                self._end(flow, END_RST if tcp is not None and tcp.rst else END_FIN)
+
+    def finish(self) -> None:
+        """End every flow (``eof``) and tell the analyzers the input is over."""
+        if self._finished:
+            return
+        self._finished = True
+        for flow in list(self._lru):
+            tcp = flow.tcp
+            if flow.closing and tcp is not None:
+                self._end(flow, END_RST if tcp.rst else END_FIN)
+            else:
+                self._end(flow, END_EOF)
+        for a in self.analyzers:
+            a.finish()
+
+    # ---- StreamSink (called by TcpConn) -----------------------------------
+    def stream_data(self, conn: TcpConn, stream: TcpStream, data: bytes, ts_ns: int) -> None:
+        flow: Flow = conn.flow  # type: ignore[assignment]
+        streams = conn.streams
+        direction = 0 if streams[0] is stream else 1
+        states = flow.states
+        for i, bit, fn in self._data_hooks:
+            if flow.active & bit:
+                sw = flow.nswaps
+                if fn(flow, states[i], direction, data, ts_ns):
+                    self._detach(flow, bit)
+                if flow.nswaps != sw:
+                    direction = 0 if streams[0] is stream else 1
+
+    def stream_gap(self, conn: TcpConn, stream: TcpStream, nbytes: int, ts_ns: int) -> None:
+        flow: Flow = conn.flow  # type: ignore[assignment]
+        streams = conn.streams
+        direction = 0 if streams[0] is stream else 1
+        states = flow.states
+        for i, bit, fn in self._gap_hooks:
+            if flow.active & bit:
+                sw = flow.nswaps
+                if fn(flow, states[i], direction, nbytes, ts_ns):
+                    self._detach(flow, bit)
+                if flow.nswaps != sw:
+                    direction = 0 if streams[0] is stream else 1
