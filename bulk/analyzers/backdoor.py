@@ -17,9 +17,9 @@ Server-side evidence outranks client-side evidence: a backdoor is a server,
 so a client that speaks HTTP to an SSH server (get-to-ssh-server.pcap) is a
 connection to SSH, noted in the evidence.
 
-The module is independent of the flow table: :class:`BackdoorFlow` takes
-``data``/``gap`` calls and returns a :class:`Finding`; the flow-table plugin
-in :mod:`bulk.analyzers.backdoor_plugin` wires it to the table's hooks.
+:class:`BackdoorFlow` is independent of the flow table (it takes
+``data``/``gap`` calls and returns a :class:`Finding`); :class:`BackdoorAnalyzer`
+is the flow-table plugin that wires it to the table's hooks.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bulk.analyzers.interactive import EndpointStats, interactive_verdict, ssh_lengths
 from bulk.analyzers.signatures import (
@@ -38,6 +38,10 @@ from bulk.analyzers.signatures import (
     match_stream,
 )
 from bulk.analyzers.standard_ports import StandardPorts
+from bulk.flow.analyzer import DONE, ORIG, Analyzer
+
+if TYPE_CHECKING:
+    from bulk.flow.table import Flow
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +80,7 @@ class Finding:
     def to_json(self) -> dict[str, Any]:
         """Zeek-like field names (conn.log style), one JSON object per finding."""
         return {
-            "ts": self.ts_ns / 1e9,
+            "ts": round(self.ts_ns / 1e9, 6),
             "uid": self.uid,
             "orig_h": self.client.host,
             "orig_p": self.client.port,
@@ -348,3 +352,69 @@ def decide(
 
 def _conf(item: tuple[Match, bool]) -> float:
     return item[0].confidence
+
+
+class BackdoorAnalyzer(Analyzer[BackdoorFlow]):
+    """The flow-table plugin: one :class:`BackdoorFlow` per TCP connection.
+
+    Findings go to ``emit`` as soon as a connection is decided (usually after
+    its first bytes each way), so output streams and per-flow state is freed
+    early; the analyzer then returns DONE and the table stops reassembling
+    the connection. Other protocols are ignored (no state at all).
+    """
+
+    name = "backdoor"
+    wants_stream = True
+
+    def __init__(self, config: BackdoorConfig, emit: Callable[[Finding], None]) -> None:
+        self.config = config
+        self.emit = emit
+        self.flows_seen = 0
+        self.flows_decided_early = 0
+
+    def on_flow_start(self, flow: Flow) -> BackdoorFlow | None:
+        if flow.proto != 6:
+            return None
+        self.flows_seen += 1
+        return BackdoorFlow(
+            self.config,
+            Endpoint(flow.orig_h, flow.orig_p),
+            Endpoint(flow.resp_h, flow.resp_p),
+            flow.start_ns,
+            flow.role_certain,
+        )
+
+    def on_data(
+        self, flow: Flow, state: BackdoorFlow, direction: int, data: bytes, ts_ns: int
+    ) -> bool | None:
+        if state.data(direction == ORIG, ts_ns, data):
+            self.flows_decided_early += 1
+            self._report(flow, state)
+            return DONE
+        return None
+
+    def on_gap(
+        self, flow: Flow, state: BackdoorFlow, direction: int, nbytes: int, ts_ns: int
+    ) -> bool | None:
+        state.gap(direction == ORIG)
+        return None
+
+    def on_roles_swapped(self, flow: Flow, state: BackdoorFlow) -> None:
+        state.dirs = (state.dirs[1], state.dirs[0])
+        state.orig, state.resp = state.resp, state.orig
+
+    def on_flow_end(self, flow: Flow, state: BackdoorFlow, reason: str) -> None:
+        if not state.done:
+            self._report(flow, state)
+
+    def _report(self, flow: Flow, state: BackdoorFlow) -> None:
+        state.handshake = flow.role_certain
+        state.last_ts = max(state.last_ts, flow.last_ns)
+        finding = state.finish()
+        if finding is None:
+            return
+        if finding.server != state.resp and not flow.role_certain:
+            # The payload says the table's guess was backwards: fix it for the
+            # analyzers registered after this one (contents file names).
+            flow.swap_roles("payload")
+        self.emit(finding)

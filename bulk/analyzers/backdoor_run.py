@@ -1,0 +1,224 @@
+"""Feed traces to the backdoor analyzer: the generic path and the fast path.
+
+Generic path: ``bulk.trace.iter_packets`` (any input: pcap, pcapng, gzip,
+zstd, stdin; several files merged in time order; time window; BPF) into the
+one flow table with the backdoor analyzer.
+
+Fast path (plain pcap/pcapng files, no time window): libpcap reads each file
+and pcapy-ng's ``loop_filtered`` classifies every packet in C, so that only
+the first ``flow_cutoff`` packets of each IPv4 flow direction ever become
+Python objects. Those heads go to the same flow table and analyzer. IPv4 is
+what the C classifier understands (VLAN tags skipped); everything else (IPv6,
+MPLS, ...) is read in a second libpcap pass with the BPF ``not ip`` and goes
+to the table in full, where the analyzer's own cut-off (DONE) stops the
+reassembly of decided connections. Files are read one after the other
+(sorted by their first packet), sharing one flow table, so a connection that
+spans two rotated files is one connection.
+
+What the fast path cannot see: packets of a connection beyond its first
+``flow_cutoff`` per direction. The analyzer needs fewer than that to decide
+from signatures (its own limits are smaller); the interactive detector sees
+at most that many packets per direction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import pcapy
+
+from bulk.analyzers.backdoor import BackdoorAnalyzer, BackdoorConfig, Finding
+from bulk.decode import PROTO_TCP, decode_fields
+from bulk.errors import TraceError, TruncatedTrace
+from bulk.flow.table import FlowConfig, FlowTable, TableStats
+from bulk.trace import iter_packets, open_trace
+from bulk.trace.bpf import compile_bpf
+from bulk.trace.packet import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_RAW,
+)
+
+# Where the IPv4 header starts, per link type the C classifier can handle.
+_L2_OFFSET = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_RAW: 0, LINKTYPE_IPV4: 0}
+_PLAIN_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.open", ".pcapng.open")
+_CLASS_FLOW_HEAD = 1 << 1
+_CLASS_OTHER = 1 << 0
+_NO_CUTOFF = 2**31 - 1
+
+
+@dataclass
+class RunStats:
+    """What one run read and how (for --stats and the benchmark)."""
+
+    path: str = "generic"  # "fast" or "generic"
+    files: int = 0
+    packets_to_python: int = 0
+    packets_dropped_in_c: int = 0
+    flows: int = 0
+    decided_early: int = 0
+    table: TableStats = field(default_factory=TableStats)
+
+
+def flow_config() -> FlowConfig:
+    """The flow table settings for backdoor analysis: TCP only."""
+    return FlowConfig(protocols=frozenset({PROTO_TCP}))
+
+
+def fast_path_ok(paths: list[str], start_ns: int | None, end_ns: int | None) -> bool:
+    """Can every input go through libpcap directly, with no time window?"""
+    if start_ns is not None or end_ns is not None or not paths:
+        return False
+    return all(p != "-" and p.endswith(_PLAIN_SUFFIXES) for p in paths)
+
+
+def run(
+    paths: list[str],
+    cfg: BackdoorConfig,
+    emit: Callable[[Finding], None],
+    *,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    bpf: str | None = None,
+    fast: bool | None = None,
+    flow_cutoff: int = 24,
+) -> RunStats:
+    """Analyse ``paths``; findings go to ``emit``. ``fast=None`` chooses.
+
+    Raises TraceError/FilterError before any output for unusable input, and
+    TruncatedTrace after processing every whole packet of a cut file.
+    """
+    if fast is None:
+        fast = fast_path_ok(paths, start_ns, end_ns)
+    analyzer = BackdoorAnalyzer(cfg, emit)
+    table = FlowTable([analyzer], flow_config())
+    stats = RunStats()
+    if fast:
+        stats.path = "fast"
+        _run_fast(paths, table, bpf, flow_cutoff, stats)
+    else:
+        try:
+            table.run(iter_packets(paths, start_ns, end_ns, bpf))
+        finally:
+            table.finish()
+        stats.files = len(paths)
+        stats.packets_to_python = table.stats.packets
+    stats.flows = analyzer.flows_seen
+    stats.decided_early = analyzer.flows_decided_early
+    stats.table = table.stats
+    return stats
+
+
+def _first_ts(path: str) -> tuple[int, int]:
+    """(first packet time, link type) of a trace; raises TraceError if unusable."""
+    with open_trace(path) as reader:
+        for pkt in reader:
+            return pkt.ts_ns, reader.linktype
+        return 0, reader.linktype
+
+
+def _run_fast(
+    paths: Iterable[str], table: FlowTable, bpf: str | None, cutoff: int, stats: RunStats
+) -> None:
+    order = []
+    for path in paths:
+        first, linktype = _first_ts(path)  # a bad file fails before any output
+        if bpf:
+            compile_bpf(bpf, linktype)  # a bad filter too
+        order.append((first, path))
+    order.sort()
+    errors: list[TraceError] = []
+    try:
+        for _, path in order:
+            stats.files += 1
+            _fast_file(path, table, bpf, cutoff, stats=stats, errors=errors)
+    finally:
+        table.finish()
+    if errors:
+        raise errors[0]
+
+
+def _fast_file(
+    path: str,
+    table: FlowTable,
+    bpf: str | None,
+    cutoff: int,
+    *,
+    stats: RunStats,
+    errors: list[TraceError],
+) -> None:
+    process = table.process_decoded
+    tstats = table.stats
+    linktype = -1
+
+    def deliver(hdr: pcapy.Pkthdr, data: bytes, _cls: int) -> None:
+        sec, usec = hdr.getts()
+        d = decode_fields(sec * 1_000_000_000 + usec * 1000, hdr.getlen(), linktype, data)
+        if d is None:
+            tstats.packets += 1
+            tstats.undecodable += 1
+        else:
+            process(d)
+
+    passes: list[tuple[str | None, int, int]] = []
+    reader = _open(path, errors)
+    if reader is None:
+        return
+    linktype = reader.datalink()
+    l2 = _L2_OFFSET.get(linktype)
+    if l2 is None:
+        # The C classifier does not know this link type: every packet to Python.
+        passes.append((bpf, _CLASS_OTHER | _CLASS_FLOW_HEAD, _NO_CUTOFF))
+        l2 = 0
+    else:
+        passes.append((bpf, _CLASS_FLOW_HEAD, cutoff))
+        # Not IPv4 (IPv6, MPLS, ...): not classified in C, so all of it.
+        # 'not ip' comes first so that a 'vlan' in the user's filter cannot
+        # shift its offsets.
+        passes.append((f"not ip and ({bpf})" if bpf else "not ip", _CLASS_OTHER, _NO_CUTOFF))
+    for i, (expr, mask, flow_cutoff) in enumerate(passes):
+        if i > 0:
+            reader = _open(path, errors)
+            if reader is None:
+                return
+        if expr:
+            reader.setfilter(expr)
+        try:
+            counts = reader.loop_filtered(
+                -1, deliver, admit_mask=mask, flow_cutoff=flow_cutoff, l2_offset=l2
+            )
+        except pcapy.PcapError as exc:
+            errors.append(_trace_error(path, str(exc)))
+            return
+        finally:
+            reader.close()
+        stats.packets_to_python += counts[0]
+        stats.packets_dropped_in_c += counts[1]
+
+
+def _open(path: str, errors: list[TraceError]) -> pcapy.Reader | None:
+    try:
+        return pcapy.open_offline(path)
+    except pcapy.PcapError as exc:
+        errors.append(_trace_error(path, str(exc)))
+        return None
+
+
+def _trace_error(path: str, message: str) -> TraceError:
+    if "truncated" in message:
+        return TruncatedTrace(path, None, message)
+    return TraceError(path, None, message)
+
+
+def input_size(paths: Iterable[str]) -> int:
+    """Total bytes of the input files (for rates in --stats)."""
+    total = 0
+    for p in paths:
+        try:
+            total += os.path.getsize(p)
+        except OSError:
+            pass
+    return total
