@@ -27,7 +27,7 @@ root_size=4G
 packages=(
   systemd-sysv udev dbus kmod procps iproute2 netbase less
   openssh-server sudo ca-certificates
-  python3 python3-venv python3-apt acl
+  python3 python3-venv python3-apt python3-packaging acl
   ethtool lvm2 xfsprogs cron tcpdump libpcap0.8 zstd libcap2-bin
   initramfs-tools
 )
