@@ -462,12 +462,14 @@ class FlowTable:
     def _end(self, flow: Flow, reason: str) -> None:
         if not flow.alive:
             return
+        if flow.tcp is not None:
+            # Deliver what is buffered while the flow is still live: analyzers
+            # may still swap roles on these bytes.
+            flow.tcp.finish(flow.last_ns)
         flow.alive = False
         del self._index[flow.okey]
         del self._index[flow.rkey]
         del self._lru[flow]
-        if flow.tcp is not None:
-            flow.tcp.finish(flow.last_ns)
         for a, st in zip(self.analyzers, flow.states, strict=True):
             if st is not None:
                 a.on_flow_end(flow, st, reason)

@@ -282,17 +282,11 @@ class TcpConn:
         off = nxt + delta
         end = off + dlen + missing
         if end <= nxt:  # entirely old: retransmission (or before the start)
-            if off < 0 and s.nxt == 0:
-                s.before_start += end - off
-            else:
-                s.dup_bytes += end - off
+            self._old(s, off, end)
             return
         if off < nxt:  # overlaps delivered bytes: keep only the new tail
             cut = nxt - off
-            if off < 0 and nxt == 0:
-                s.before_start += cut
-            else:
-                s.dup_bytes += cut
+            self._old(s, off, nxt)
             if cut >= dlen:
                 missing -= cut - dlen
                 payload = b""
@@ -319,6 +313,16 @@ class TcpConn:
         if s.pending and s.pending[0][0] <= s.nxt:
             self._drain(s, ts)
         self._enforce_limits(s, ts)
+
+    @staticmethod
+    def _old(s: TcpStream, off: int, end: int) -> None:
+        """Count bytes [off, end) that were already delivered or precede the start."""
+        if off < 0:
+            before = min(end, 0) - off
+            s.before_start += before
+            s.dup_bytes += end - off - before
+        else:
+            s.dup_bytes += end - off
 
     def _insert(self, s: TcpStream, a: int, b: int, data: bytes | None) -> None:
         """Add [a, b) to the pending list, keeping bytes already there (first wins)."""
