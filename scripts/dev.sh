@@ -21,7 +21,7 @@ APT_PACKAGES=(
     iproute2 ethtool procps psmisc
     qemu-system-x86 qemu-utils debootstrap e2fsprogs xfsprogs lvm2 openssh-client
     openssh-server busybox curl
-    libndpi-bin netsniff-ng
+    libndpi-bin netsniff-ng vsftpd
 )
 
 log() { printf '\n== %s\n' "$*" >&2; }

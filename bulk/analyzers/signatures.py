@@ -499,6 +499,21 @@ def root_shell(data: bytes) -> Match | None:
     return None
 
 
+_SHELL_WARNING = re.compile(
+    rb"[\x20-\x7e]{0,64}(can't access tty|no job control|job control turned off)"
+)
+
+
+def shell_warning(data: bytes) -> Match | None:
+    """The responder opens with the warning an interactive shell prints when its
+    input is a socket, not a terminal (dash: "can't access tty; job control
+    turned off", bash: "no job control in this shell"): a bind shell."""
+    line, _ = first_line(data, 160)
+    if _SHELL_WARNING.match(line):
+        return Match("shell", "shell-no-tty", Role.SERVER, 0.8, excerpt(data))
+    return None
+
+
 # ---------------------------------------------------------------- tls
 
 def _tls_hello(data: bytes, hs_type: int) -> bool:
@@ -619,6 +634,9 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("root-prompt", "root-shell", Role.SERVER,
               "the responder's first data packet is exactly '# ' (or a short root prompt "
               "ending in '# ') before the client sent anything", root_shell, first_segment=True),
+    Signature("shell-no-tty", "shell", Role.SERVER,
+              "the responder opens with a shell's no-terminal warning (\"can't access "
+              "tty\", \"no job control in this shell\"): a bind shell", shell_warning),
     Signature("tls-client-hello", "tls", Role.CLIENT,
               "a TLS handshake record (22, version 3.x) holding a ClientHello, or an "
               "SSLv2 ClientHello", tls_client_hello),

@@ -72,6 +72,10 @@ POSITIVES = [
     (b"GNUTELLA CONNECT/0.6\r\nUser-Agent: x\r\n\r\n", "gnutella", "gnutella-connect", Role.CLIENT),
     (b"GNUTELLA/0.6 200 OK\r\n", "gnutella", "gnutella-reply", Role.SERVER),
     (b"GIVE 1234:abcdef/file\n", "kazaa", "kazaa-give", Role.CLIENT),
+    # What dash -i says first on a socket (seen in the live test's bind shell).
+    (b"/bin/sh: 0: can't access tty; job control turned off\n# ", "shell", "shell-no-tty",
+     Role.SERVER),
+    (b"bash: no job control in this shell\n", "shell", "shell-no-tty", Role.SERVER),
 ]
 
 
