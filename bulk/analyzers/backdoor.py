@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from bulk.flow.table import Flow
 
 
+MATCH_TRIES = 3  # signature passes per direction while data arrives
+
+
 @dataclass(frozen=True, slots=True)
 class BackdoorConfig:
     """How much of each connection is inspected, and what counts as standard."""
@@ -96,30 +99,37 @@ class Finding:
         }
 
 
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
 def make_uid(ts_ns: int, a: Endpoint, b: Endpoint, proto: str) -> str:
     """A Zeek-looking connection id, deterministic for the same connection."""
     key = f"{ts_ns}|{proto}|{a.host}|{a.port}|{b.host}|{b.port}".encode()
-    digest = int.from_bytes(hashlib.blake2b(key, digest_size=12).digest(), "big")
-    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    digest = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
     chars = []
-    for _ in range(17):
+    for _ in range(11):
         digest, r = divmod(digest, 62)
-        chars.append(alphabet[r])
+        chars.append(_B62[r])
     return "C" + "".join(chars)
 
 
 class _Direction:
     """One direction of one connection: the first bytes, the first packet, stats."""
 
-    __slots__ = ("buf", "closed", "first_segment", "first_ts", "matches", "stats")
+    __slots__ = ("buf", "closed", "first_segment", "first_ts", "matches", "stats", "tries")
 
     def __init__(self) -> None:
+        self.tries = 0  # signature passes run so far
         self.buf = bytearray()
         self.first_segment: bytes | None = None
         self.first_ts = 0
         self.closed = False  # a gap (or the window) ended the inspected prefix
         self.matches: list[Match] = []
         self.stats = EndpointStats()
+
+
+# What a decided flow keeps instead of its buffers (never written to).
+_RELEASED = (_Direction(), _Direction())
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +181,17 @@ class BackdoorFlow:
         d.stats.add(ts_ns, data)
         if not d.closed and len(d.buf) < self.cfg.inspect_bytes:
             d.buf += data[: self.cfg.inspect_bytes - len(d.buf)]
-            self._match(d)
+            # Signatures look at the first line or the first bytes: the first
+            # few deliveries settle it (finish() tries once more).
+            if not d.matches and d.tries < MATCH_TRIES:
+                d.tries += 1
+                self._match(d)
         return self._decisive()
 
     def gap(self, from_orig: bool) -> None:
         """Bytes are missing in one direction: its prefix ends here."""
+        if self.done:
+            return
         d = self.dirs[0 if from_orig else 1]
         if d.buf or d.first_segment is not None:
             d.closed = True
@@ -213,7 +229,7 @@ class BackdoorFlow:
         """Classify with what was seen; None when nothing is known."""
         self.done = True
         dec = self._decide()
-        self.dirs = (_Direction(), _Direction())  # release the buffers
+        self.dirs = _RELEASED  # drop the buffers
         if dec is None:
             return None
         client, server = (self.orig, self.resp) if dec.server_is_resp else (self.resp, self.orig)
@@ -238,6 +254,9 @@ class BackdoorFlow:
 
     def _decide(self) -> _Decision | None:
         o, r = self.dirs
+        for d in (o, r):
+            if not d.matches and d.tries >= MATCH_TRIES:
+                self._match(d)
         matches = [(m, True) for m in o.matches] + [(m, False) for m in r.matches]
         if not matches and not self.handshake:
             for d, from_orig in ((o, True), (r, False)):
@@ -249,6 +268,8 @@ class BackdoorFlow:
 
     def _stats_decision(self) -> _Decision | None:
         o, r = self.dirs
+        o.stats.text(bytes(o.buf))
+        r.stats.text(bytes(r.buf))
         duration = self.last_ts - self.start_ts
         if not self.handshake:
             ssh = ssh_lengths(o.stats, r.stats)
@@ -354,6 +375,9 @@ def _conf(item: tuple[Match, bool]) -> float:
     return item[0].confidence
 
 
+_UNKNOWN = Endpoint("", 0)
+
+
 class BackdoorAnalyzer(Analyzer[BackdoorFlow]):
     """The flow-table plugin: one :class:`BackdoorFlow` per TCP connection.
 
@@ -366,9 +390,19 @@ class BackdoorAnalyzer(Analyzer[BackdoorFlow]):
     name = "backdoor"
     wants_stream = True
 
-    def __init__(self, config: BackdoorConfig, emit: Callable[[Finding], None]) -> None:
+    def __init__(
+        self,
+        config: BackdoorConfig,
+        emit: Callable[[Finding], None],
+        on_decided: Callable[[Flow], None] | None = None,
+        on_ended: Callable[[Flow], None] | None = None,
+    ) -> None:
         self.config = config
         self.emit = emit
+        # Optional observers (the fast path uses them to drop a decided
+        # connection's remaining head packets before they are decoded).
+        self.on_decided = on_decided
+        self.on_ended = on_ended
         self.flows_seen = 0
         self.flows_decided_early = 0
 
@@ -376,13 +410,8 @@ class BackdoorAnalyzer(Analyzer[BackdoorFlow]):
         if flow.proto != 6:
             return None
         self.flows_seen += 1
-        return BackdoorFlow(
-            self.config,
-            Endpoint(flow.orig_h, flow.orig_p),
-            Endpoint(flow.resp_h, flow.resp_p),
-            flow.start_ns,
-            flow.role_certain,
-        )
+        # Endpoints are filled in when the flow is reported (address text is dear).
+        return BackdoorFlow(self.config, _UNKNOWN, _UNKNOWN, flow.start_ns, flow.role_certain)
 
     def on_data(
         self, flow: Flow, state: BackdoorFlow, direction: int, data: bytes, ts_ns: int
@@ -390,6 +419,8 @@ class BackdoorAnalyzer(Analyzer[BackdoorFlow]):
         if state.data(direction == ORIG, ts_ns, data):
             self.flows_decided_early += 1
             self._report(flow, state)
+            if self.on_decided is not None:
+                self.on_decided(flow)
             return DONE
         return None
 
@@ -401,13 +432,16 @@ class BackdoorAnalyzer(Analyzer[BackdoorFlow]):
 
     def on_roles_swapped(self, flow: Flow, state: BackdoorFlow) -> None:
         state.dirs = (state.dirs[1], state.dirs[0])
-        state.orig, state.resp = state.resp, state.orig
 
     def on_flow_end(self, flow: Flow, state: BackdoorFlow, reason: str) -> None:
         if not state.done:
             self._report(flow, state)
+        if self.on_ended is not None:
+            self.on_ended(flow)
 
     def _report(self, flow: Flow, state: BackdoorFlow) -> None:
+        state.orig = Endpoint(flow.orig_h, flow.orig_p)
+        state.resp = Endpoint(flow.resp_h, flow.resp_p)
         state.handshake = flow.role_certain
         state.last_ts = max(state.last_ts, flow.last_ns)
         finding = state.finish()

@@ -15,6 +15,11 @@ reassembly of decided connections. Files are read one after the other
 (sorted by their first packet), sharing one flow table, so a connection that
 spans two rotated files is one connection.
 
+Without a user filter, the first pass also drops pure ACKs in C (BPF: SYN,
+FIN or RST set, or a payload), so the cut-off counts packets that matter; and
+once the analyzer has decided a connection, the rest of its head packets are
+dropped in the callback by their raw address/port bytes, before decoding.
+
 What the fast path cannot see: packets of a connection beyond its first
 ``flow_cutoff`` per direction. The analyzer needs fewer than that to decide
 from signatures (its own limits are smaller); the interactive detector sees
@@ -24,8 +29,11 @@ at most that many packets per direction.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
 
 import pcapy
 
@@ -42,12 +50,26 @@ from bulk.trace.packet import (
     LINKTYPE_RAW,
 )
 
+if TYPE_CHECKING:
+    from bulk.flow.table import Flow
+
 # Where the IPv4 header starts, per link type the C classifier can handle.
 _L2_OFFSET = {LINKTYPE_ETHERNET: 14, LINKTYPE_LINUX_SLL: 16, LINKTYPE_RAW: 0, LINKTYPE_IPV4: 0}
 _PLAIN_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.open", ".pcapng.open")
 _CLASS_FLOW_HEAD = 1 << 1
 _CLASS_OTHER = 1 << 0
 _NO_CUTOFF = 2**31 - 1
+# SYN, FIN or RST, or a TCP payload (IPv4), untagged or under one or two VLAN tags.
+_HEAD = (
+    "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0"
+    " or (ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)) > 0"
+)
+HEADS_FILTER = f"tcp and ({_HEAD})"
+HEADS_FILTER_ETHERNET = " or ".join(
+    [f"(tcp and ({_HEAD}))", f"(vlan and tcp and ({_HEAD}))", f"(vlan and tcp and ({_HEAD}))"]
+)
+_ETHERTYPE_OFFSET = {LINKTYPE_ETHERNET: 12, LINKTYPE_LINUX_SLL: 14}
+_PORTS = struct.Struct("!HH")
 
 
 @dataclass
@@ -58,6 +80,7 @@ class RunStats:
     files: int = 0
     packets_to_python: int = 0
     packets_dropped_in_c: int = 0
+    packets_skipped: int = 0  # head packets of decided connections, not decoded
     flows: int = 0
     decided_early: int = 0
     table: TableStats = field(default_factory=TableStats)
@@ -84,7 +107,7 @@ def run(
     end_ns: int | None = None,
     bpf: str | None = None,
     fast: bool | None = None,
-    flow_cutoff: int = 24,
+    flow_cutoff: int = 16,
 ) -> RunStats:
     """Analyse ``paths``; findings go to ``emit``. ``fast=None`` chooses.
 
@@ -93,12 +116,17 @@ def run(
     """
     if fast is None:
         fast = fast_path_ok(paths, start_ns, end_ns)
-    analyzer = BackdoorAnalyzer(cfg, emit)
-    table = FlowTable([analyzer], flow_config())
     stats = RunStats()
+    decided: set[bytes] = set()
+    if fast:
+        analyzer = BackdoorAnalyzer(cfg, emit, partial(_add_keys, decided),
+                                    partial(_drop_keys, decided))
+    else:
+        analyzer = BackdoorAnalyzer(cfg, emit)
+    table = FlowTable([analyzer], flow_config())
     if fast:
         stats.path = "fast"
-        _run_fast(paths, table, bpf, flow_cutoff, stats)
+        _run_fast(paths, table, bpf, flow_cutoff, stats, decided=decided)
     else:
         try:
             table.run(iter_packets(paths, start_ns, end_ns, bpf))
@@ -112,6 +140,26 @@ def run(
     return stats
 
 
+def _keys(flow: Flow) -> tuple[bytes, bytes]:
+    """The raw bytes 12..24 of an IPv4 header without options, both directions:
+    source and destination address, then (after a 20-byte header) the ports."""
+    o, r = flow.orig_addr, flow.resp_addr
+    return (o + r + _PORTS.pack(flow.orig_p, flow.resp_p),
+            r + o + _PORTS.pack(flow.resp_p, flow.orig_p))
+
+
+def _add_keys(decided: set[bytes], flow: Flow) -> None:
+    if flow.ipver == 4:
+        decided.update(_keys(flow))
+
+
+def _drop_keys(decided: set[bytes], flow: Flow) -> None:
+    if flow.ipver == 4 and decided:
+        a, b = _keys(flow)
+        decided.discard(a)
+        decided.discard(b)
+
+
 def _first_ts(path: str) -> tuple[int, int]:
     """(first packet time, link type) of a trace; raises TraceError if unusable."""
     with open_trace(path) as reader:
@@ -121,7 +169,13 @@ def _first_ts(path: str) -> tuple[int, int]:
 
 
 def _run_fast(
-    paths: Iterable[str], table: FlowTable, bpf: str | None, cutoff: int, stats: RunStats
+    paths: Iterable[str],
+    table: FlowTable,
+    bpf: str | None,
+    cutoff: int,
+    stats: RunStats,
+    *,
+    decided: set[bytes],
 ) -> None:
     order = []
     for path in paths:
@@ -134,7 +188,7 @@ def _run_fast(
     try:
         for _, path in order:
             stats.files += 1
-            _fast_file(path, table, bpf, cutoff, stats=stats, errors=errors)
+            _fast_file(path, table, bpf, cutoff, stats=stats, errors=errors, decided=decided)
     finally:
         table.finish()
     if errors:
@@ -149,12 +203,26 @@ def _fast_file(
     *,
     stats: RunStats,
     errors: list[TraceError],
+    decided: set[bytes],
 ) -> None:
     process = table.process_decoded
     tstats = table.stats
     linktype = -1
+    l2 = 0
+    etype_at = -1
+    skipped = 0
 
     def deliver(hdr: pcapy.Pkthdr, data: bytes, _cls: int) -> None:
+        nonlocal skipped
+        if (
+            decided
+            and etype_at >= 0
+            and data[etype_at : etype_at + 2] == b"\x08\x00"
+            and data[l2] == 0x45
+            and data[l2 + 12 : l2 + 24] in decided
+        ):
+            skipped += 1  # a decided connection: nothing left to learn from it
+            return
         sec, usec = hdr.getts()
         d = decode_fields(sec * 1_000_000_000 + usec * 1000, hdr.getlen(), linktype, data)
         if d is None:
@@ -168,13 +236,15 @@ def _fast_file(
     if reader is None:
         return
     linktype = reader.datalink()
-    l2 = _L2_OFFSET.get(linktype)
-    if l2 is None:
+    known = _L2_OFFSET.get(linktype)
+    if known is None:
         # The C classifier does not know this link type: every packet to Python.
         passes.append((bpf, _CLASS_OTHER | _CLASS_FLOW_HEAD, _NO_CUTOFF))
-        l2 = 0
     else:
-        passes.append((bpf, _CLASS_FLOW_HEAD, cutoff))
+        l2 = known
+        etype_at = _ETHERTYPE_OFFSET.get(linktype, -1)
+        heads = HEADS_FILTER_ETHERNET if linktype == LINKTYPE_ETHERNET else HEADS_FILTER
+        passes.append((bpf or heads, _CLASS_FLOW_HEAD, cutoff))
         # Not IPv4 (IPv6, MPLS, ...): not classified in C, so all of it.
         # 'not ip' comes first so that a 'vlan' in the user's filter cannot
         # shift its offsets.
@@ -197,6 +267,7 @@ def _fast_file(
             reader.close()
         stats.packets_to_python += counts[0]
         stats.packets_dropped_in_c += counts[1]
+    stats.packets_skipped += skipped
 
 
 def _open(path: str, errors: list[TraceError]) -> pcapy.Reader | None:

@@ -11,9 +11,11 @@ thresholds are those of Bro's interconn.bro, which implemented the paper:
   the second of two consecutive keystrokes (``gamma``), and at least 20% of
   those pairs have a normal keystroke gap (``alpha``);
 * and the bytes are text: at least 75% 7-bit ASCII, at least 2 lines and
-  half of them at most 80 characters long. Encrypted sessions fail the text
-  test; for those that were seen without their start (no banner), the SSH
-  packet-length test applies instead (see :func:`ssh_lengths`).
+  half of them at most 80 characters long (over the bytes the analyzer
+  keeps: each direction's first 512 by default). Encrypted sessions fail
+  the text test; for those that were seen without their start (no
+  banner), the SSH packet-length test applies instead (see
+  :func:`ssh_lengths`).
 
 Only the first packets of a connection are inspected (the analyzer's cut-off),
 so the statistics are those of its opening minutes at most.
@@ -40,6 +42,7 @@ MIN_NORMAL_LINE_RATIO = 0.5
 # SSH packet lengths (Bro's ssh-len): SSH-2 packets are a multiple of the
 # cipher block plus a MAC, so TCP payload lengths are 0 or 4 modulo 8.
 SSH_MIN_PKTS = 8
+
 SSH_MIN_RATIO = 0.9
 
 
@@ -76,7 +79,7 @@ class EndpointStats:
         self.aligned4 = 0
 
     def add(self, ts_ns: int, data: bytes) -> None:
-        """Account one data packet's new bytes (retransmitted bytes excluded)."""
+        """Account one data packet's new bytes (sizes and timing only)."""
         n = len(data)
         if n == 0:
             return
@@ -93,9 +96,15 @@ class EndpointStats:
             self.last_keystroke_ns = ts_ns
         else:
             self.keystroke_prev = False
-        self._text(data)
 
-    def _text(self, data: bytes) -> None:
+    def text(self, data: bytes) -> None:
+        """Account text statistics for the next bytes of this direction.
+
+        The analyzer calls it once, at decision time, with the direction's
+        first bytes (it keeps them anyway): text statistics then cost nothing
+        for connections a signature decides."""
+        if not data:
+            return
         self.num_bytes += len(data)
         # C loops (translate, finditer): cheap even for full-size packets.
         self.num_7bit_ascii += len(data) - len(data.translate(None, _ASCII7))

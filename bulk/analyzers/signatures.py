@@ -55,6 +55,7 @@ class Signature:
     needs: str  # the evidence it needs, in one sentence (documentation)
     test: Callable[[bytes], Match | None]
     first_segment: bool = False  # True: applied to the first data packet only
+    first_bytes: bytes | None = None  # the stream's possible first bytes (None: any)
 
 
 # ---------------------------------------------------------------- helpers
@@ -62,10 +63,13 @@ class Signature:
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
 
 
+_DOTS = bytes(b if 0x20 <= b < 0x7F else 0x2E for b in range(256))
+
+
 def excerpt(data: bytes, limit: int = 60) -> str:
     """The first line of ``data`` as printable ASCII, shortened to ``limit``."""
     line = data.split(b"\n", 1)[0].rstrip(b"\r")
-    text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in line[:limit])
+    text = line[:limit].translate(_DOTS).decode("ascii")
     if len(line) > limit:
         text += "..."
     return text
@@ -589,48 +593,62 @@ def edonkey(data: bytes) -> Match | None:
 
 # ---------------------------------------------------------------- the table
 
+_ALNUM = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz."
+_TLS_CLIENT_FIRST = b"\x16" + bytes(range(0x80, 0x100))  # record, or SSLv2 length
+
 SIGNATURES: tuple[Signature, ...] = (
     Signature("ssh-banner", "ssh", Role.EITHER,
-              "the stream opens with 'SSH-1.x-' or 'SSH-2.0-' and a software version", ssh_banner),
+              "the stream opens with 'SSH-1.x-' or 'SSH-2.0-' and a software version", ssh_banner,
+              first_bytes=b"S"),
     Signature("http-request", "http", Role.CLIENT,
               "the first line is 'METHOD SP target SP HTTP/x.y' (case-sensitive method), "
               "or HTTP/0.9 'GET /path'; an absolute-URI target or CONNECT host:port "
-              "gives http-proxy", http_request),
+              "gives http-proxy", http_request, first_bytes=b"GHPDOTCMLURS"),
     Signature("http-response", "http", Role.SERVER,
-              "the first line is 'HTTP/x.y NNN reason', HTTP in any letter case", http_response),
+              "the first line is 'HTTP/x.y NNN reason', HTTP in any letter case", http_response,
+              first_bytes=b"Hh"),
     Signature("http2-preface", "http", Role.CLIENT,
-              "the HTTP/2 clear-text connection preface 'PRI * HTTP/2.0'", http2_preface),
+              "the HTTP/2 clear-text connection preface 'PRI * HTTP/2.0'", http2_preface,
+              first_bytes=b"P"),
     Signature("ftp-smtp-banner", "ftp", Role.SERVER,
               "the server's first line is '220 ' or '220-' (or '421'); SMTP words make it "
-              "smtp, FTP words ftp, otherwise ftp with low confidence", ftp_smtp_banner),
+              "smtp, FTP words ftp, otherwise ftp with low confidence", ftp_smtp_banner,
+              first_bytes=b"24"),
     Signature("ftp-command", "ftp", Role.CLIENT,
               "the client's first line is an FTP command (USER, AUTH TLS, FEAT, SYST, "
-              "PASV, EPSV, ...)", ftp_command),
+              "PASV, EPSV, ...)", ftp_command, first_bytes=b"UAFSOPECT"),
     Signature("smtp-helo", "smtp", Role.CLIENT,
-              "the client's first line is 'EHLO host' or 'HELO host'", smtp_command),
+              "the client's first line is 'EHLO host' or 'HELO host'", smtp_command,
+              first_bytes=b"EHeh"),
     Signature("pop3-greeting", "pop3", Role.SERVER,
-              "the server's first line is '+OK ...'", pop3_greeting),
+              "the server's first line is '+OK ...'", pop3_greeting, first_bytes=b"+"),
     Signature("pop3-command", "pop3", Role.CLIENT,
-              "the client's first line is CAPA, STLS, APOP or AUTH", pop3_command),
+              "the client's first line is CAPA, STLS, APOP or AUTH", pop3_command,
+              first_bytes=b"CSA"),
     Signature("imap-greeting", "imap", Role.SERVER,
-              "the server's first line is '* OK', '* PREAUTH' or '* BYE'", imap_greeting),
+              "the server's first line is '* OK', '* PREAUTH' or '* BYE'", imap_greeting,
+              first_bytes=b"*"),
     Signature("imap-command", "imap", Role.CLIENT,
               "the client's first line is a tagged CAPABILITY, LOGIN, STARTTLS, "
-              "AUTHENTICATE, ID or NOOP", imap_command),
+              "AUTHENTICATE, ID or NOOP", imap_command, first_bytes=_ALNUM),
     Signature("irc-client", "irc", Role.CLIENT,
               "the client's first line is NICK, USER (4 parameters) or CAP LS/REQ; "
-              "weaker: one of JOIN, PRIVMSG, PING, ... (Bro's irc-sig list)", irc_client),
+              "weaker: one of JOIN, PRIVMSG, PING, ... (Bro's irc-sig list)", irc_client,
+              first_bytes=b"NUCPEIJKOSW"),
     Signature("irc-server", "irc", Role.SERVER,
               "the server's first line is ':name NOTICE|PING|NNN ...' or 'NOTICE AUTH :'",
-              irc_server),
+              irc_server, first_bytes=b":NP"),
     Signature("telnet-iac", "telnet", Role.EITHER,
               "the stream opens with telnet option negotiation IAC WILL/WONT/DO/DONT; "
               "asking for terminal options marks the server; line statistics "
-              "(7-bit ASCII, short lines) raise the confidence", telnet_negotiation),
+              "(7-bit ASCII, short lines) raise the confidence", telnet_negotiation,
+              first_bytes=b"\xff"),
     Signature("rlogin-handshake", "rlogin", Role.CLIENT,
-              "the client opens with '\\0user\\0user\\0terminal/speed\\0'", rlogin_client),
+              "the client opens with '\\0user\\0user\\0terminal/speed\\0'", rlogin_client,
+              first_bytes=b"\x00"),
     Signature("rsh-handshake", "rsh", Role.CLIENT,
-              "the client opens with '[port]\\0user\\0user\\0command\\0' (rsh, rexec)", rsh_client),
+              "the client opens with '[port]\\0user\\0user\\0command\\0' (rsh, rexec)", rsh_client,
+              first_bytes=b"\x000123456789"),
     Signature("root-prompt", "root-shell", Role.SERVER,
               "the responder's first data packet is exactly '# ' (or a short root prompt "
               "ending in '# ') before the client sent anything", root_shell, first_segment=True),
@@ -639,19 +657,20 @@ SIGNATURES: tuple[Signature, ...] = (
               "tty\", \"no job control in this shell\"): a bind shell", shell_warning),
     Signature("tls-client-hello", "tls", Role.CLIENT,
               "a TLS handshake record (22, version 3.x) holding a ClientHello, or an "
-              "SSLv2 ClientHello", tls_client_hello),
+              "SSLv2 ClientHello", tls_client_hello, first_bytes=_TLS_CLIENT_FIRST),
     Signature("tls-server-hello", "tls", Role.SERVER,
-              "a TLS handshake record holding a ServerHello", tls_server_hello),
+              "a TLS handshake record holding a ServerHello", tls_server_hello,
+              first_bytes=b"\x16"),
     Signature("bittorrent-handshake", "bittorrent", Role.EITHER,
-              "the stream opens with '\\x13BitTorrent protocol'", bittorrent),
+              "the stream opens with '\\x13BitTorrent protocol'", bittorrent, first_bytes=b"\x13"),
     Signature("gnutella", "gnutella", Role.EITHER,
               "'GNUTELLA CONNECT/' from the client, 'GNUTELLA/0.6 200' or 'GNUTELLA OK' "
-              "from the server", gnutella),
+              "from the server", gnutella, first_bytes=b"G"),
     Signature("kazaa-give", "kazaa", Role.CLIENT,
-              "the client opens with 'GIVE ' (some FastTrack transfers)", kazaa),
+              "the client opens with 'GIVE ' (some FastTrack transfers)", kazaa, first_bytes=b"G"),
     Signature("edonkey-hello", "edonkey", Role.EITHER,
               "the first packet is an eDonkey Hello: 0xe3/0xc5, length, opcode 0x01",
-              edonkey, first_segment=True),
+              edonkey, first_segment=True, first_bytes=b"\xe3\xc5"),
 )
 
 # Signatures that describe text lines, tried at every line start of a stream
@@ -668,8 +687,34 @@ LINE_SIGNATURES: tuple[Callable[[bytes], Match | None], ...] = (
 )
 
 
+def _by_first_byte() -> tuple[tuple[Signature, ...], ...]:
+    return tuple(
+        tuple(s for s in SIGNATURES if s.first_bytes is None or b in s.first_bytes)
+        for b in range(256)
+    )
+
+
+_BY_FIRST = _by_first_byte()
+
+
 def match_stream(data: bytes, first_segment: bytes) -> list[Match]:
-    """Every signature that matches the start of one direction's stream."""
+    """Every signature that matches the start of one direction's stream.
+
+    Only the signatures whose possible first bytes include the stream's first
+    byte are run (the same result as running all, see :func:`match_all`).
+    """
+    if not data:
+        return []
+    found: list[Match] = []
+    for sig in _BY_FIRST[data[0]]:
+        m = sig.test(first_segment if sig.first_segment else data)
+        if m is not None:
+            found.append(m)
+    return found
+
+
+def match_all(data: bytes, first_segment: bytes) -> list[Match]:
+    """:func:`match_stream` without the first-byte dispatch (the reference)."""
     found: list[Match] = []
     for sig in SIGNATURES:
         m = sig.test(first_segment if sig.first_segment else data)

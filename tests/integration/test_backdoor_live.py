@@ -178,7 +178,7 @@ def _clients(n: Net, tmp: Path) -> None:
     out = sh(*in_ns(n.client_ns, "curl", "-s", f"ftp://{n.server_ip}:2121/file.txt"))
     assert "ftp payload" in out.stdout
     _type_into(n, 4444, "id\nls /\nexit\n", 0.12)
-    _type_into(n, 4445, "echo hi\nuname -a\nls /\nexit\n", 0.12)
+    _type_into(n, 4445, "echo hi\nuname -a\nls /\nexit\n", 0.15)
     _type_into(n, 4446, "id\nexit\n", 0.12)
 
 

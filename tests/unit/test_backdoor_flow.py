@@ -167,6 +167,7 @@ def _text_stats(chunks: list[bytes]) -> EndpointStats:
     s = EndpointStats()
     for i, c in enumerate(chunks):
         s.add(i * 20 * MS, c)
+        s.text(c)
     return s
 
 

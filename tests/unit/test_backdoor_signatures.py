@@ -169,6 +169,13 @@ def test_signatures_never_raise(data: bytes) -> None:
         m.detail.encode("ascii")  # printable, always
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([p for p, *_ in POSITIVES] + NEGATIVES), st.binary(max_size=40))
+def test_first_byte_dispatch_is_exact(known: bytes, noise: bytes) -> None:
+    for data in (known, noise, known[:1] + noise, known + noise):
+        assert sig.match_stream(data, data[:64]) == sig.match_all(data, data[:64])
+
+
 def test_every_signature_is_documented() -> None:
     names = [s.name for s in sig.SIGNATURES]
     assert len(names) == len(set(names))
