@@ -1,0 +1,213 @@
+"""One ``bulk compress`` run over an archive directory: sweep, compress, retention."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bulk.archive.catalogue import Catalogue, catalogue_path
+from bulk.archive.listing import traces_in_dir
+from bulk.compress.budget import format_size
+from bulk.compress.codec import CompressSettings
+from bulk.compress.retention import (
+    Deletion,
+    DiskUsage,
+    RetentionPolicy,
+    archive_bytes,
+    closed_traces,
+    disk_usage,
+    plan,
+)
+from bulk.compress.safe import (
+    Archive,
+    Log,
+    Outcome,
+    can_compress,
+    compress_one,
+    delete_trace,
+    is_busy,
+    lock_run,
+    sweep,
+)
+from bulk.errors import ArchiveError, TraceError, UsageError
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    directory: str
+    settings: CompressSettings = field(default_factory=CompressSettings)
+    older_than_s: float = 0.0
+    policy: RetentionPolicy = field(default_factory=RetentionPolicy)
+    dry_run: bool = False
+
+
+@dataclass
+class RunReport:
+    directory: str
+    dry_run: bool
+    locked_out: bool = False
+    swept: list[str] = field(default_factory=list)
+    compressed: list[Outcome] = field(default_factory=list)
+    would_compress: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    deleted: list[Deletion] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    usage_before: DiskUsage | None = None
+    usage_after: DiskUsage | None = None
+    archive_before: int = 0
+    archive_after: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        def usage(u: DiskUsage | None) -> dict[str, Any] | None:
+            return None if u is None else {**asdict(u), "percent": round(u.percent, 2)}
+
+        return {
+            "directory": self.directory,
+            "dry_run": self.dry_run,
+            "locked_out": self.locked_out,
+            "swept": self.swept,
+            "compressed": [
+                {**asdict(o), "ratio": (o.size / o.comp_size) if o.comp_size else None}
+                for o in self.compressed
+            ],
+            "would_compress": self.would_compress,
+            "failed": [{"path": p, "error": e} for p, e in self.failed],
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "deleted": [asdict(d) for d in self.deleted],
+            "warnings": self.warnings,
+            "disk_before": usage(self.usage_before),
+            "disk_after": usage(self.usage_after),
+            "archive_bytes_before": self.archive_before,
+            "archive_bytes_after": self.archive_after,
+        }
+
+
+def _open_catalogue(directory: str) -> Catalogue | None:
+    if not os.path.exists(catalogue_path(directory)):
+        return None
+    return Catalogue.open(directory, create=False)
+
+
+def select(directory: str, fmt: str, older_than_s: float, now: float) -> list[str]:
+    """Closed uncompressed traces modified at least ``older_than_s`` ago, oldest first."""
+    out: list[tuple[float, str]] = []
+    for path in traces_in_dir(directory):
+        if not can_compress(path, fmt):
+            continue
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:
+            continue
+        if now - mtime >= older_than_s:
+            out.append((mtime, path))
+    return [p for _m, p in sorted(out)]
+
+
+def run(options: RunOptions, log: Log) -> RunReport:
+    directory = options.directory
+    if not os.path.isdir(directory):
+        raise UsageError(f"{directory}: not a directory")
+    report = RunReport(directory, options.dry_run)
+    lock_fd = lock_run(directory)
+    if lock_fd is None:
+        msg = f"another bulk compress is running on {directory} (it holds .bulk/compress.lock)"
+        if not options.dry_run:
+            report.locked_out = True
+            log(f"{msg}; nothing done")
+            return report
+        report.warnings.append(msg)
+        log(f"warning: {msg}")
+    try:
+        catalogue = _open_catalogue(directory)
+        try:
+            _run_locked(options, report, Archive(directory, catalogue), log)
+        finally:
+            if catalogue is not None:
+                catalogue.close()
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+    return report
+
+
+def _run_locked(options: RunOptions, report: RunReport, archive: Archive, log: Log) -> None:
+    directory = options.directory
+    dry = options.dry_run
+    report.usage_before = disk_usage(directory)
+    report.archive_before = archive_bytes(directory)
+    report.swept = sweep(directory, archive, log, dry_run=dry)
+
+    settings = options.settings
+    for path in select(directory, settings.fmt, options.older_than_s, time.time()):
+        if dry:
+            report.would_compress.append(path)
+            log(f"would compress {path} ({format_size(os.path.getsize(path))})")
+            continue
+        if is_busy(path):
+            report.skipped.append((path, "locked by another process"))
+            log(f"skipped {path}: locked by another process")
+            continue
+        try:
+            out = compress_one(path, settings, archive)
+        except TraceError as exc:
+            report.skipped.append((path, str(exc)))
+            log(f"skipped {path}: not compressed: {exc}")
+            continue
+        except (ArchiveError, OSError) as exc:
+            reason = str(exc)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                reason = f"no space left for the compressed copy ({exc.strerror})"
+            report.failed.append((path, reason))
+            log(f"FAILED to compress {path}: {reason}; the original is kept")
+            continue
+        report.compressed.append(out)
+        ratio = out.size / out.comp_size if out.comp_size else 0.0
+        note = f"; WARNING: {out.damage} (kept as is)" if out.damage else ""
+        log(
+            f"compressed {out.src} -> {os.path.basename(out.dst)}: {format_size(out.size)} -> "
+            f"{format_size(out.comp_size)} (ratio {ratio:.2f}), {out.packets} packets, "
+            f"{out.frames} frames, {out.seconds:.1f} s{note}"
+        )
+
+    policy = options.policy
+    if policy.active:
+        files, busy = closed_traces(directory, archive)
+        for b in busy:
+            log(f"kept {b}: locked by another process (being compressed)")
+        usage = disk_usage(directory)
+        deletions, warning = plan(files, policy, time.time_ns(), usage, archive_bytes(directory))
+        if dry and report.would_compress and policy.budget is not None:
+            report.warnings.append(
+                "dry run: the budget is computed with sizes before compression; a real run "
+                "compresses first and may delete less"
+            )
+        for d in deletions:
+            if dry:
+                report.deleted.append(d)
+                log(f"would delete {d.path} ({format_size(d.bytes)}): {d.reason}")
+                continue
+            if is_busy(d.path):
+                log(f"kept {d.path}: locked by another process")
+                continue
+            try:
+                delete_trace(d.path, archive)
+            except FileNotFoundError:
+                continue
+            except (OSError, ArchiveError) as exc:
+                report.failed.append((d.path, f"cannot delete: {exc}"))
+                log(f"FAILED to delete {d.path}: {exc}")
+                continue
+            report.deleted.append(d)
+            log(f"deleted {d.path} ({format_size(d.bytes)}): {d.reason}")
+        if warning:
+            report.warnings.append(warning)
+            log(f"warning: {warning}")
+    for w in report.warnings:
+        if w.startswith("dry run"):
+            log(f"note: {w}")
+    report.usage_after = disk_usage(directory)
+    report.archive_after = archive_bytes(directory)

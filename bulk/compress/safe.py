@@ -1,0 +1,373 @@
+"""The crash-safe replace of a trace by its compressed copy, and the sweep that
+finishes or undoes one cut short.
+
+For ``X.pcap`` the steps are: write ``.X.pcap.zst.partial`` (hidden, never a
+trace name), fsync it, verify it against the original (index, sizes, packet
+counts, CRC-32 of the decompressed bytes), give it the original's times and
+mode, link it to ``X.pcap.zst`` (never overwriting) and drop the temporary
+name, fsync the directory, record it in the catalogue, move side files, then
+delete ``X.pcap`` and fsync the directory again. A crash at any point leaves
+the original, or the verified compressed file, or both; never neither, and
+never a partial file under a trace name.
+
+:func:`sweep` runs at the start of every run: it deletes leftover temporary
+files and, where ``X.pcap`` and ``X.pcap.zst`` both exist, verifies the
+compressed file against the original again and finishes the job (or, if they
+differ, leaves both and says so).
+
+``BULK_COMPRESS_CRASH_AT=<point>`` makes the process ``os._exit(137)`` at that
+point, for tests: after-write, after-fsync, after-verify, after-rename,
+after-catalogue, after-delete.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bulk.archive.catalogue import Catalogue, FileRecord, FrameEntry
+from bulk.archive.listing import OPEN_SUFFIX, is_trace_name
+from bulk.archive.naming import STATE_DIRNAME
+from bulk.compress.codec import (
+    FORMATS,
+    Compressed,
+    CompressSettings,
+    compress_stream,
+    fsync_dir,
+    original_figures,
+    verify,
+)
+from bulk.errors import ArchiveError, TraceError
+from bulk.trace.seekable import SeekableTrace
+
+CRASH_ENV = "BULK_COMPRESS_CRASH_AT"
+CRASH_POINTS = (
+    "after-write",
+    "after-fsync",
+    "after-verify",
+    "after-rename",
+    "after-catalogue",
+    "after-delete",
+)
+TEMP_SUFFIX = ".partial"
+# Per-trace side files kept by other commands, named after the trace: X.pcap.idx.
+SIDE_SUFFIXES = (".idx",)
+COMPRESSED_SUFFIXES = tuple(FORMATS.values())
+
+Log = Callable[[str], None]
+
+
+def crash_point(point: str) -> None:
+    """Die here if the test hook asks for it (no cleanup, like a power cut)."""
+    if os.environ.get(CRASH_ENV) == point:
+        os._exit(137)
+
+
+def temp_path(final_path: str) -> str:
+    head, tail = os.path.split(final_path)
+    return os.path.join(head, f".{tail}{TEMP_SUFFIX}")
+
+
+def is_temp_name(name: str) -> bool:
+    return (
+        name.startswith(".")
+        and name.endswith(TEMP_SUFFIX)
+        and name[1 : -len(TEMP_SUFFIX)].endswith(COMPRESSED_SUFFIXES)
+    )
+
+
+def can_compress(path: str, fmt: str) -> bool:
+    """A closed, uncompressed trace whose compressed name is a trace name too."""
+    name = os.path.basename(path)
+    if name.endswith(OPEN_SUFFIX) or name.endswith(COMPRESSED_SUFFIXES):
+        return False
+    return is_trace_name(name) and is_trace_name(name + FORMATS[fmt])
+
+
+def side_files(path: str) -> list[str]:
+    return [path + s for s in SIDE_SUFFIXES if os.path.lexists(path + s)]
+
+
+def allocated(path: str) -> int:
+    """Bytes the file takes on disk (blocks), with its side files."""
+    total = 0
+    for p in [path, *side_files(path)]:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        total += st.st_blocks * 512
+    return total
+
+
+class Archive:
+    """The directory and, when it has one, its catalogue."""
+
+    def __init__(self, directory: str, catalogue: Catalogue | None) -> None:
+        self.directory = directory
+        self.catalogue = catalogue
+
+    def name(self, path: str) -> str:
+        return os.path.relpath(path, self.directory)
+
+    def record(self, path: str) -> FileRecord | None:
+        if self.catalogue is None:
+            return None
+        return self.catalogue.get(self.name(path))
+
+    def note_compressed(self, src: str, dst: str, fmt: str, index_of: SeekableTrace) -> None:
+        """Record ``src`` as compressed into ``dst`` (idempotent: the sweep may repeat it)."""
+        cat = self.catalogue
+        if cat is None:
+            return
+        old, new = self.name(src), self.name(dst)
+        idx = index_of.index
+        size = os.path.getsize(dst)
+        changes: dict[str, object] = {
+            "state": "compressed",
+            "compression": fmt,
+            "size": size,
+            "raw_size": idx.size,
+            "packets": idx.packets,
+        }
+        if cat.get(old) is not None:
+            if cat.get(new) is not None:
+                cat.remove_file(new)
+            cat.update_file(old, name=new, **changes)
+        elif cat.get(new) is not None:
+            cat.update_file(new, **changes)
+        else:
+            times = [f.min_ts for f in idx.frames if f.min_ts is not None]
+            times += [f.max_ts for f in idx.frames if f.max_ts is not None]
+            cat.add_file(
+                FileRecord(
+                    name=new,
+                    state="compressed",
+                    compression=fmt,
+                    size=size,
+                    raw_size=idx.size,
+                    packets=idx.packets,
+                    nanosecond=idx.layout.nanosecond,
+                    snaplen=idx.layout.snaplen or None,
+                    first_ns=min(times) if times else None,
+                    last_ns=max(times) if times else None,
+                )
+            )
+        cat.set_frame_index(
+            new,
+            [
+                FrameEntry(
+                    k,
+                    f.decomp_offset,
+                    f.decomp_size,
+                    f.comp_offset,
+                    f.comp_size,
+                    f.min_ts,
+                    f.max_ts,
+                    f.packets,
+                )
+                for k, f in enumerate(idx.frames)
+            ],
+        )
+
+    def note_deleted(self, path: str) -> None:
+        if self.catalogue is not None:
+            self.catalogue.remove_file(self.name(path))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One trace compressed."""
+
+    src: str
+    dst: str
+    size: int
+    comp_size: int
+    packets: int
+    frames: int
+    seconds: float
+    damage: str | None
+
+
+def _link_no_replace(tmp: str, final: str) -> None:
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise ArchiveError(f"{final}: exists already; not overwritten") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if os.path.lexists(final):
+            raise ArchiveError(f"{final}: exists already; not overwritten") from None
+        os.rename(tmp, final)
+        return
+    os.unlink(tmp)
+
+
+def _move_side_files(src: str, dst: str) -> None:
+    for side in side_files(src):
+        os.replace(side, dst + side[len(src) :])
+
+
+def _delete_with_side_files(path: str) -> None:
+    for side in side_files(path):
+        os.unlink(side)
+    os.unlink(path)
+
+
+def compress_one(src: str, settings: CompressSettings, archive: Archive) -> Outcome:
+    """Replace ``src`` by its verified compressed copy (see the module text)."""
+    t0 = time.monotonic()
+    final = src + FORMATS[settings.fmt]
+    tmp = temp_path(final)
+    directory = os.path.dirname(src) or "."
+    if os.path.lexists(final):
+        raise ArchiveError(f"{final}: exists already beside {src}; left both as they are")
+    with open(src, "rb") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArchiveError(f"{src}: in use by another process (locked); skipped") from None
+        st = os.fstat(f.fileno())
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, st.st_mode & 0o777)
+        except FileExistsError:
+            raise ArchiveError(f"{tmp}: exists (another compress?); skipped {src}") from None
+        try:
+            with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+                result = compress_stream(f, out, settings, src)
+                out.flush()
+                crash_point("after-write")
+                if os.geteuid() == 0:
+                    os.fchown(out.fileno(), st.st_uid, st.st_gid)
+                os.fchmod(out.fileno(), st.st_mode & 0o777)
+                os.fsync(out.fileno())
+            crash_point("after-fsync")
+            now = os.stat(src)
+            if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or (
+                result.size != st.st_size
+            ):
+                raise ArchiveError(f"{src}: changed while being compressed; left as it is")
+            verify(tmp, result, settings.threads)
+            crash_point("after-verify")
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+            _link_no_replace(tmp, final)
+            fsync_dir(directory)
+            crash_point("after-rename")
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        with SeekableTrace.open(final) as st_final:
+            archive.note_compressed(src, final, settings.fmt, st_final)
+        crash_point("after-catalogue")
+        _move_side_files(src, final)
+        os.unlink(src)
+        fsync_dir(directory)
+        crash_point("after-delete")
+    return Outcome(
+        src,
+        final,
+        result.size,
+        result.comp_size,
+        result.packets,
+        len(result.index.frames),
+        time.monotonic() - t0,
+        result.damage,
+    )
+
+
+def finish_pair(original: str, compressed: str, archive: Archive, log: Log) -> bool:
+    """Both ``X.pcap`` and ``X.pcap.zst`` exist (a run was cut short after the rename):
+    verify the compressed copy against the original and, if equal, finish the job."""
+    fmt = "zstd" if compressed.endswith(".zst") else "gzip"
+    try:
+        size, crc, packets = original_figures(original)
+        with SeekableTrace.open(compressed) as st:
+            index = st.index
+        expected = Compressed(index, size, crc, packets, os.path.getsize(compressed), None)
+        verify(compressed, expected)
+    except (ArchiveError, TraceError) as exc:
+        log(
+            f"warning: {original} and {compressed} both exist and differ ({exc}); "
+            "left both as they are"
+        )
+        return False
+    with SeekableTrace.open(compressed) as st:
+        archive.note_compressed(original, compressed, fmt, st)
+    _move_side_files(original, compressed)
+    os.unlink(original)
+    fsync_dir(os.path.dirname(original) or ".")
+    log(f"finished an interrupted compression: {compressed} verified, {original} deleted")
+    return True
+
+
+def sweep(directory: str, archive: Archive, log: Log, dry_run: bool = False) -> list[str]:
+    """Clean up after runs that were cut short; returns the paths acted on."""
+    acted: list[str] = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if d != STATE_DIRNAME and not d.startswith("."))
+        names = set(files)
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if is_temp_name(name):
+                acted.append(path)
+                if dry_run:
+                    log(f"would remove leftover temporary file {path}")
+                else:
+                    os.unlink(path)
+                    log(f"removed leftover temporary file {path}")
+                continue
+            if not name.endswith(COMPRESSED_SUFFIXES) or not is_trace_name(name):
+                continue
+            original = name.rsplit(".", 1)[0]
+            if original in names and is_trace_name(original):
+                acted.append(path)
+                if dry_run:
+                    log(f"would verify {path} against {original} and delete the original")
+                else:
+                    finish_pair(os.path.join(root, original), path, archive, log)
+    return acted
+
+
+def lock_run(directory: str) -> int | None:
+    """Take the per-archive compress lock (``DIR/.bulk/compress.lock``); the fd, or
+    None when another run holds it."""
+    state = os.path.join(directory, STATE_DIRNAME)
+    try:
+        os.makedirs(state, mode=0o750, exist_ok=True)
+        fd = os.open(os.path.join(state, "compress.lock"), os.O_RDWR | os.O_CREAT, 0o640)
+    except OSError as exc:
+        raise ArchiveError(f"{state}: cannot take the compress lock: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def is_busy(path: str) -> bool:
+    """True if another process holds a lock on the file (being compressed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def delete_trace(path: str, archive: Archive) -> None:
+    _delete_with_side_files(path)
+    archive.note_deleted(path)

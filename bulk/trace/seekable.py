@@ -1,0 +1,523 @@
+"""Seekable compressed traces: independent frames on packet boundaries, with an index.
+
+A trace compressed by ``bulk compress`` is a sequence of independently
+decodable frames, each holding whole packet records (the first also holds the
+file header), followed by an index. Standard tools read it as one stream
+(``zstdcat f.pcap.zst | tcpdump -r -``, ``zcat f.pcap.gz``, Wireshark);
+:class:`SeekableTrace` reads the index and decompresses only the frames asked
+for, which is how slicing and extraction seek inside compressed traces.
+
+zstd files use the zstd seekable format (facebook/zstd
+``contrib/seekable_format``): a final skippable frame (magic 0x184D2A5E) holds
+the seek table (compressed and decompressed size and XXH64-32 checksum of every
+frame) and ends with the magic 0x8F92EAB1. Before it, bulk's own skippable frame
+(magic 0x184D2A5B, listed in the seek table with decompressed size 0) holds the
+packet index below.
+
+gzip files are multi-member gzip, one member per frame; the last member is
+empty and carries the packet index in its FCOMMENT field (base64), ending in
+``<member length, 10 digits> BULKGZI1`` so a reader finds it from the end.
+
+The packet index (little endian)::
+
+    "BULKIDX1"  header_len:u32  flags:u32  kind:u8  endian:u8  pad:u16
+    snaplen:u32  size:u64  packets:u64  crc32:u32  frames:u32
+    per frame:  comp_size:u64  decomp_size:u64  packets:u32
+                first_ts last_ts min_ts max_ts: i64 ns (INT64_MIN: no packet)
+
+``crc32`` is zlib's CRC-32 of the whole decompressed trace; flag 1 means
+nanosecond pcap, flag 2 means the trace had a damaged or truncated tail
+(kept byte for byte in the last frame(s)).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+import threading
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO, NamedTuple
+
+import zstandard
+
+from bulk.errors import TraceError
+from bulk.trace.framing import FrameStats, Layout
+from bulk.trace.packet import Packet
+from bulk.trace.reader import open_trace
+
+SKIPPABLE_SEEK_TABLE = 0x184D2A5E
+SEEKABLE_MAGIC = 0x8F92EAB1
+SKIPPABLE_BULK_INDEX = 0x184D2A5B
+INDEX_MAGIC = b"BULKIDX1"
+GZIP_INDEX_TAG = b" BULKGZI1"
+GZIP_INDEX_PREFIX = b"bulk-frame-index "
+# Largest decompressed frame the seekable format allows (contrib/seekable_format).
+MAX_FRAME_DECOMPRESSED = 0x40000000
+# XXH64 of no bytes, low 32 bits: the seek-table checksum of an empty frame.
+EMPTY_XXH32 = 0x51D8E999
+FLAG_NANOSECOND = 1
+FLAG_DAMAGED = 2
+NO_TS = -(2**63)
+
+_INDEX_HEAD = struct.Struct("<8sIIBBHIQQII")
+_INDEX_FRAME = struct.Struct("<QQIqqqq")
+_SEEK_ENTRY = struct.Struct("<III")
+_FOOTER = struct.Struct("<IBI")
+_GZIP_EMPTY_TAIL = b"\x03\x00" + bytes(8)  # empty deflate block, CRC32 0, ISIZE 0
+
+
+class Frame(NamedTuple):
+    """One frame: where it is compressed and decompressed, and what it holds."""
+
+    comp_offset: int
+    comp_size: int
+    decomp_offset: int
+    decomp_size: int
+    first_ts: int | None
+    last_ts: int | None
+    packets: int
+    min_ts: int | None
+    max_ts: int | None
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Everything the packet index says about a compressed trace."""
+
+    layout: Layout
+    frames: tuple[Frame, ...]
+    size: int
+    packets: int
+    crc32: int
+    damaged: bool
+
+    def encode(self) -> bytes:
+        lay = self.layout
+        flags = (FLAG_NANOSECOND if lay.nanosecond else 0) | (FLAG_DAMAGED if self.damaged else 0)
+        parts = [
+            _INDEX_HEAD.pack(
+                INDEX_MAGIC,
+                lay.header_len,
+                flags,
+                0 if lay.kind == "pcap" else 1,
+                0 if lay.endian == "<" else 1,
+                0,
+                lay.snaplen,
+                self.size,
+                self.packets,
+                self.crc32,
+                len(self.frames),
+            )
+        ]
+        for f in self.frames:
+            parts.append(
+                _INDEX_FRAME.pack(
+                    f.comp_size,
+                    f.decomp_size,
+                    f.packets,
+                    _ts_out(f.first_ts),
+                    _ts_out(f.last_ts),
+                    _ts_out(f.min_ts),
+                    _ts_out(f.max_ts),
+                )
+            )
+        return b"".join(parts)
+
+    @staticmethod
+    def decode(payload: bytes, path: str = "") -> FrameIndex:
+        if len(payload) < _INDEX_HEAD.size or payload[:8] != INDEX_MAGIC:
+            raise TraceError(path, None, "frame index: bad magic")
+        (_m, header_len, flags, kind, endian, _pad, snaplen, size, packets, crc, nframes) = (
+            _INDEX_HEAD.unpack_from(payload)
+        )
+        if len(payload) != _INDEX_HEAD.size + nframes * _INDEX_FRAME.size:
+            raise TraceError(path, None, f"frame index: wrong length for {nframes} frames")
+        layout = Layout(
+            "pcap" if kind == 0 else "pcapng",
+            header_len,
+            "<" if endian == 0 else ">",
+            bool(flags & FLAG_NANOSECOND),
+            snaplen,
+        )
+        frames: list[Frame] = []
+        comp = decomp = 0
+        for i in range(nframes):
+            csize, dsize, n, first, last, lo, hi = _INDEX_FRAME.unpack_from(
+                payload, _INDEX_HEAD.size + i * _INDEX_FRAME.size
+            )
+            frames.append(
+                Frame(
+                    comp,
+                    csize,
+                    decomp,
+                    dsize,
+                    _ts_in(first),
+                    _ts_in(last),
+                    n,
+                    _ts_in(lo),
+                    _ts_in(hi),
+                )
+            )
+            comp += csize
+            decomp += dsize
+        if decomp != size or sum(f.packets for f in frames) != packets:
+            raise TraceError(path, None, "frame index: totals disagree with its frames")
+        return FrameIndex(layout, tuple(frames), size, packets, crc, bool(flags & FLAG_DAMAGED))
+
+
+def _ts_out(ts: int | None) -> int:
+    return NO_TS if ts is None else ts
+
+
+def _ts_in(ts: int) -> int | None:
+    return None if ts == NO_TS else ts
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+_local = threading.local()
+
+
+def _zstd_frame(level: int, data: bytes) -> bytes:
+    key = f"zstd{level}"
+    cctx = getattr(_local, key, None)
+    if cctx is None:
+        cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+        setattr(_local, key, cctx)
+    out: bytes = cctx.compress(data)
+    return out
+
+
+def _gzip_member(level: int, data: bytes) -> bytes:
+    co = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return co.compress(data) + co.flush()
+
+
+class SeekableWriter:
+    """Compress frames in parallel (``threads`` workers) and write them in order.
+
+    ``add(data, stats)`` per frame (each on record boundaries), then
+    ``finish(layout, crc32, damaged)`` writes the index and returns it. The
+    caller owns ``out`` (flush, fsync, close).
+    """
+
+    def __init__(self, out: BinaryIO, fmt: str = "zstd", level: int = 3, threads: int = 2) -> None:
+        if fmt not in ("zstd", "gzip"):
+            raise ValueError(f"unknown format {fmt}")
+        self._out = out
+        self.fmt = fmt
+        self.level = level
+        self._fn = _zstd_frame if fmt == "zstd" else _gzip_member
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bulk-compress")
+        self._depth = max(2, 2 * threads)
+        self._pending: deque[tuple[Future[bytes], int, FrameStats]] = deque()
+        self._frames: list[Frame] = []
+        self._seek: list[tuple[int, int, int]] = []
+        self._comp = 0
+        self._decomp = 0
+        self.written = 0
+
+    def add(self, data: bytes, stats: FrameStats) -> None:
+        if len(data) > MAX_FRAME_DECOMPRESSED:
+            raise ValueError("frame larger than the seekable format allows")
+        self._pending.append((self._pool.submit(self._fn, self.level, data), len(data), stats))
+        while len(self._pending) > self._depth:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        fut, dsize, st = self._pending.popleft()
+        comp = fut.result()
+        self._out.write(comp)
+        self._frames.append(
+            Frame(
+                self._comp,
+                len(comp),
+                self._decomp,
+                dsize,
+                st.first_ts,
+                st.last_ts,
+                st.packets,
+                st.min_ts,
+                st.max_ts,
+            )
+        )
+        if self.fmt == "zstd":
+            self._seek.append((len(comp), dsize, int.from_bytes(comp[-4:], "little")))
+        self._comp += len(comp)
+        self._decomp += dsize
+
+    def finish(self, layout: Layout, crc32: int, damaged: bool) -> FrameIndex:
+        try:
+            while self._pending:
+                self._drain_one()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        index = FrameIndex(
+            layout,
+            tuple(self._frames),
+            self._decomp,
+            sum(f.packets for f in self._frames),
+            crc32,
+            damaged,
+        )
+        payload = index.encode()
+        if self.fmt == "zstd":
+            tail = _zstd_trailer(payload, self._seek)
+        else:
+            tail = _gzip_index_member(payload)
+        self._out.write(tail)
+        self.written = self._comp + len(tail)
+        return index
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _zstd_trailer(payload: bytes, seek: list[tuple[int, int, int]]) -> bytes:
+    bulk_frame = struct.pack("<II", SKIPPABLE_BULK_INDEX, len(payload)) + payload
+    entries = [*seek, (len(bulk_frame), 0, EMPTY_XXH32)]
+    table = b"".join(_SEEK_ENTRY.pack(*e) for e in entries)
+    footer = _FOOTER.pack(len(entries), 0x80, SEEKABLE_MAGIC)  # Checksum_Flag set
+    body = table + footer
+    return bulk_frame + struct.pack("<II", SKIPPABLE_SEEK_TABLE, len(body)) + body
+
+
+def _gzip_index_member(payload: bytes) -> bytes:
+    text = GZIP_INDEX_PREFIX + base64.b64encode(payload)
+    # header(10) + comment + " NNNNNNNNNN BULKGZI1" + NUL + empty tail
+    length = 10 + len(text) + 1 + 10 + len(GZIP_INDEX_TAG) + 1 + len(_GZIP_EMPTY_TAIL)
+    header = b"\x1f\x8b\x08\x10" + bytes(4) + b"\x00\xff"  # FCOMMENT, no mtime, OS unknown
+    return header + text + b" " + b"%010d" % length + GZIP_INDEX_TAG + b"\x00" + _GZIP_EMPTY_TAIL
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+class SeekableTrace:
+    """A compressed trace written by ``bulk compress``, opened through its index.
+
+    ``frames`` lists :class:`Frame` records; ``read_frames(i, j)`` returns the
+    decompressed bytes of frames ``i`` to ``j - 1`` (frame 0 starts with the file
+    header; :meth:`header` gives it alone, to put before any other frame).
+    """
+
+    def __init__(self, path: str, f: BinaryIO, compression: str, index: FrameIndex) -> None:
+        self.path = path
+        self._f = f
+        self.compression = compression
+        self.index = index
+        self.layout = index.layout
+        self.frames = list(index.frames)
+        self._header: bytes | None = None
+
+    @classmethod
+    def open(cls, path: str) -> SeekableTrace:
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise TraceError(path, None, exc.strerror or str(exc)) from None
+        try:
+            head = f.read(4)
+            if head[:2] == b"\x1f\x8b":
+                return cls(path, f, "gzip", _read_gzip_index(f, path))
+            magic = int.from_bytes(head, "little") if len(head) == 4 else 0
+            if head == b"\x28\xb5\x2f\xfd" or 0x184D2A50 <= magic <= 0x184D2A5F:
+                return cls(path, f, "zstd", _read_zstd_index(f, path))
+            raise TraceError(path, 0, "not a zstd or gzip file")
+        except BaseException:
+            f.close()
+            raise
+
+    @property
+    def packets(self) -> int:
+        return self.index.packets
+
+    @property
+    def size(self) -> int:
+        return self.index.size
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> SeekableTrace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read_compressed(self, i: int) -> bytes:
+        fr = self.frames[i]
+        self._f.seek(fr.comp_offset)
+        data = self._f.read(fr.comp_size)
+        if len(data) != fr.comp_size:
+            raise TraceError(self.path, fr.comp_offset, f"frame {i} cut short")
+        return data
+
+    def read_frame(self, i: int) -> bytes:
+        return self.decompress(i, self.read_compressed(i))
+
+    def decompress(self, i: int, comp: bytes) -> bytes:
+        """Decompress frame ``i`` from its compressed bytes, checking its size and checksum."""
+        fr = self.frames[i]
+        try:
+            if self.compression == "zstd":
+                data: bytes = zstandard.ZstdDecompressor().decompress(comp)
+            else:
+                d = zlib.decompressobj(31)
+                data = d.decompress(comp) + d.flush()
+                if not d.eof or d.unused_data:
+                    raise zlib.error("member does not end where the index says")
+        except (zstandard.ZstdError, zlib.error) as exc:
+            raise TraceError(self.path, fr.comp_offset, f"frame {i} corrupt: {exc}") from None
+        if len(data) != fr.decomp_size:
+            raise TraceError(
+                self.path,
+                fr.comp_offset,
+                f"frame {i} holds {len(data)} bytes, the index says {fr.decomp_size}",
+            )
+        return data
+
+    def iter_frames(self, i: int = 0, j: int | None = None, threads: int = 1) -> Iterator[bytes]:
+        """Decompressed frames ``i`` .. ``j - 1`` in order (decompressed ahead in threads)."""
+        stop = len(self.frames) if j is None else j
+        if threads <= 1:
+            for k in range(i, stop):
+                yield self.read_frame(k)
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix="bulk-decompress") as pool:
+            ahead: deque[Future[bytes]] = deque()
+            k = i
+            while k < stop or ahead:
+                while k < stop and len(ahead) < 2 * threads:
+                    ahead.append(pool.submit(self.decompress, k, self.read_compressed(k)))
+                    k += 1
+                yield ahead.popleft().result()
+
+    def read_frames(self, i: int, j: int) -> bytes:
+        """Decompressed bytes of frames ``i`` to ``j - 1`` (Python slice semantics)."""
+        return b"".join(self.iter_frames(i, j))
+
+    def header(self) -> bytes:
+        """The file header (pcap: 24 bytes; pcapng: the blocks before the first packet)."""
+        if self._header is None:
+            need = self.layout.header_len
+            parts: list[bytes] = []
+            got = 0
+            k = 0
+            while got < need and k < len(self.frames):
+                b = self.read_frame(k)
+                parts.append(b)
+                got += len(b)
+                k += 1
+            self._header = b"".join(parts)[:need]
+        return self._header
+
+    def frames_between(self, start_ns: int | None, end_ns: int | None) -> list[int]:
+        """Indices of the frames that may hold packets with ``start_ns <= ts < end_ns``."""
+        out: list[int] = []
+        for k, fr in enumerate(self.frames):
+            if fr.packets == 0 or fr.min_ts is None or fr.max_ts is None:
+                continue
+            if end_ns is not None and fr.min_ts >= end_ns:
+                continue
+            if start_ns is not None and fr.max_ts < start_ns:
+                continue
+            out.append(k)
+        return out
+
+    def packets_in(self, i: int, j: int) -> Iterator[Packet]:
+        """The packets of frames ``i`` to ``j - 1``, decoded alone (header put before them)."""
+        data = self.read_frames(i, j)
+        if i > 0:
+            data = self.header() + data
+        fd = os.memfd_create("bulk-frames")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            with open_trace(f"/proc/self/fd/{fd}") as reader:
+                yield from reader
+        finally:
+            os.close(fd)
+
+
+def is_seekable(path: str) -> bool:
+    """True if ``path`` is a compressed trace with a bulk frame index."""
+    try:
+        with SeekableTrace.open(path):
+            return True
+    except TraceError:
+        return False
+
+
+def _read_at(f: BinaryIO, offset: int, n: int, path: str) -> bytes:
+    f.seek(offset)
+    data = f.read(n)
+    if len(data) != n:
+        raise TraceError(path, offset, "file cut short")
+    return data
+
+
+def _read_zstd_index(f: BinaryIO, path: str) -> FrameIndex:
+    end = f.seek(0, os.SEEK_END)
+    if end < 9 + 8:
+        raise TraceError(path, None, "no frame index (no zstd seek table)")
+    nframes, desc, magic = _FOOTER.unpack(_read_at(f, end - 9, 9, path))
+    if magic != SEEKABLE_MAGIC:
+        raise TraceError(path, None, "no frame index (no zstd seek table)")
+    if desc & 0x7C:
+        raise TraceError(path, None, "zstd seek table uses reserved descriptor bits")
+    esize = 12 if desc & 0x80 else 8
+    table_len = 8 + nframes * esize + 9
+    if table_len > end:
+        raise TraceError(path, None, "zstd seek table larger than the file")
+    table = _read_at(f, end - table_len, table_len, path)
+    skip_magic, body_len = struct.unpack_from("<II", table)
+    if skip_magic != SKIPPABLE_SEEK_TABLE or body_len != table_len - 8:
+        raise TraceError(path, None, "zstd seek table frame header is wrong")
+    entries = [struct.unpack_from("<II", table, 8 + k * esize) for k in range(nframes)]
+    if sum(c for c, _d in entries) != end - table_len:
+        raise TraceError(path, None, "zstd seek table does not add up to the file size")
+    if not entries or entries[-1][1] != 0:
+        raise TraceError(path, None, "no bulk frame index (seek table written by another tool)")
+    bulk_len = entries[-1][0]
+    bulk = _read_at(f, end - table_len - bulk_len, bulk_len, path)
+    bmagic, plen = struct.unpack_from("<II", bulk)
+    if bmagic != SKIPPABLE_BULK_INDEX or plen != bulk_len - 8:
+        raise TraceError(path, None, "no bulk frame index (seek table written by another tool)")
+    index = FrameIndex.decode(bulk[8:], path)
+    data_entries = entries[:-1]
+    if [(fr.comp_size, fr.decomp_size) for fr in index.frames] != [tuple(e) for e in data_entries]:
+        raise TraceError(path, None, "bulk frame index disagrees with the zstd seek table")
+    return index
+
+
+def _read_gzip_index(f: BinaryIO, path: str) -> FrameIndex:
+    end = f.seek(0, os.SEEK_END)
+    tail_len = 1 + 10 + len(GZIP_INDEX_TAG) + 1 + len(_GZIP_EMPTY_TAIL)
+    if end < tail_len + 10:
+        raise TraceError(path, None, "no frame index (plain gzip)")
+    tail = _read_at(f, end - tail_len, tail_len, path)
+    if not tail.endswith(GZIP_INDEX_TAG + b"\x00" + _GZIP_EMPTY_TAIL) or not tail[1:11].isdigit():
+        raise TraceError(path, None, "no frame index (plain gzip)")
+    length = int(tail[1:11])
+    if length > end or length < tail_len + 10 + len(GZIP_INDEX_PREFIX):
+        raise TraceError(path, None, "gzip frame index member has a bad length")
+    member = _read_at(f, end - length, length, path)
+    text = member[10 : length - tail_len]
+    if member[:4] != b"\x1f\x8b\x08\x10" or not text.startswith(GZIP_INDEX_PREFIX):
+        raise TraceError(path, None, "gzip frame index member is malformed")
+    try:
+        payload = base64.b64decode(text[len(GZIP_INDEX_PREFIX) :], validate=True)
+    except ValueError:
+        raise TraceError(path, None, "gzip frame index is not valid base64") from None
+    index = FrameIndex.decode(payload, path)
+    if sum(fr.comp_size for fr in index.frames) != end - length:
+        raise TraceError(path, None, "gzip frame index does not add up to the file size")
+    return index

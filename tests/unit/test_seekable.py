@@ -1,0 +1,120 @@
+"""Frames on record boundaries and the frame index: property tests on generated pcaps."""
+
+from __future__ import annotations
+
+import io
+import struct
+import tempfile
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bulk.compress.codec import CompressSettings, compress_stream, verify
+from bulk.errors import ArchiveError, TraceError
+from bulk.trace import Packet, PcapWriter
+from bulk.trace.framing import count_packets, split_frames
+from bulk.trace.seekable import FrameIndex, SeekableTrace
+
+packets_strategy = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=2**32 - 1),  # seconds
+        st.integers(min_value=0, max_value=999_999),  # microseconds
+        st.binary(min_size=0, max_size=300),
+    ),
+    max_size=60,
+)
+
+
+def pcap_bytes(records: list[tuple[int, int, bytes]], big_endian: bool = False) -> bytes:
+    buf = io.BytesIO()
+    w = PcapWriter(buf, 1)
+    for sec, usec, data in records:
+        w.write(Packet(sec * 1_000_000_000 + usec * 1000, len(data) + 4, 1, data))
+    raw = buf.getvalue()
+    if not big_endian:
+        return raw
+    # Rewrite as a big-endian pcap, record by record.
+    out = [struct.pack(">IHHiIII", *struct.unpack("<IHHiIII", raw[:24]))]
+    pos = 24
+    while pos < len(raw):
+        sec, frac, cap, wire = struct.unpack_from("<IIII", raw, pos)
+        out.append(struct.pack(">IIII", sec, frac, cap, wire) + raw[pos + 16 : pos + 16 + cap])
+        pos += 16 + cap
+    return b"".join(out)
+
+
+@settings(max_examples=80, deadline=None)
+@given(packets_strategy, st.integers(min_value=1, max_value=2000), st.booleans())
+def test_frames_cover_the_input_on_record_boundaries(
+    records: list[tuple[int, int, bytes]], frame_size: int, big: bool
+) -> None:
+    raw = pcap_bytes(records, big)
+    splitter = split_frames(io.BytesIO(raw), frame_size)
+    chunks = list(splitter)
+    assert b"".join(c.data for c in chunks) == raw
+    assert splitter.packets == len(records)
+    assert splitter.damage is None
+    k = 0
+    for i, c in enumerate(chunks):
+        n, stop = count_packets(splitter.layout, c.data, 24 if i == 0 else 0)
+        assert (n, stop) == (c.stats.packets, len(c.data))
+        stamps = [s * 1_000_000_000 + u * 1000 for s, u, _d in records[k : k + n]]
+        k += n
+        if n:
+            assert c.stats.first_ts == stamps[0] and c.stats.last_ts == stamps[-1]
+            assert (c.stats.min_ts, c.stats.max_ts) == (min(stamps), max(stamps))
+        if i < len(chunks) - 1:
+            assert len(c.data) >= frame_size  # only the last frame may be short
+    assert k == len(records)
+
+
+@settings(max_examples=25, deadline=None)
+@given(packets_strategy, st.integers(min_value=0, max_value=40), st.sampled_from(["zstd", "gzip"]))
+def test_compress_round_trip_with_a_cut_tail(
+    records: list[tuple[int, int, bytes]], cut: int, fmt: str
+) -> None:
+    full = pcap_bytes(records)
+    raw = full[: max(24, len(full) - cut)]
+    boundaries = {24}
+    for _s, _u, data in records:
+        boundaries.add(max(boundaries) + 16 + len(data))
+    out = io.BytesIO()
+    c = compress_stream(io.BytesIO(raw), out, CompressSettings(fmt, 1, 200, 2))
+    assert c.size == len(raw)
+    assert (c.damage is None) == (len(raw) in boundaries)
+    with tempfile.NamedTemporaryFile(suffix=".pcap.zst") as f:
+        f.write(out.getvalue())
+        f.flush()
+        verify(f.name, c)
+        with SeekableTrace.open(f.name) as st_:
+            assert st_.read_frames(0, len(st_.frames)) == raw
+            assert st_.index == FrameIndex.decode(st_.index.encode())
+
+
+def test_verify_catches_a_flipped_byte(tmp_path: Path) -> None:
+    raw = pcap_bytes([(1, 2, bytes(range(200)))] * 50)
+    out = io.BytesIO()
+    c = compress_stream(io.BytesIO(raw), out, CompressSettings("gzip", 1, 1000, 1))
+    data = bytearray(out.getvalue())
+    data[200] ^= 0x40
+    path = str(tmp_path / "x.pcap.gz")
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    with pytest.raises(ArchiveError):
+        verify(path, c)
+
+
+def test_not_a_trace_is_refused() -> None:
+    with pytest.raises(TraceError):
+        split_frames(io.BytesIO(b"hello world, this is not a pcap"))
+
+
+def test_plain_zstd_has_no_index(tmp_path: Path) -> None:
+    path = str(tmp_path / "plain.pcap.zst")
+    with open(path, "wb") as f:
+        f.write(zstandard.ZstdCompressor().compress(pcap_bytes([(1, 1, b"x" * 60)])))
+    with pytest.raises(TraceError, match="no frame index"):
+        SeekableTrace.open(path)
