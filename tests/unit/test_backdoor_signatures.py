@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -181,3 +183,9 @@ def test_every_signature_is_documented() -> None:
     assert len(names) == len(set(names))
     for s in sig.SIGNATURES:
         assert s.needs and s.test.__doc__
+
+
+def test_operator_doc_lists_every_signature() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs/commands/backdoor.md").read_text()
+    for s in sig.SIGNATURES:
+        assert f"| `{s.name}` | {s.service} | {s.role.value} | {s.needs} |" in doc, s.name
