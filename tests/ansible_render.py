@@ -24,6 +24,15 @@ VENV_BIN = Path(sys.executable).parent
 
 # Templates rendered once per capture interface (dest named after the interface).
 PER_INTERFACE = {"bulk_nic": {"etc/bulk/nic/interface.conf"}}
+# The roles' real cron task files also run, writing their cron.d file (and the
+# script it calls) under the output directory instead of /etc and /usr.
+CRON_TASKS = {
+    "bulk_capture": {"bulk_capture_cron_file": "etc/cron.d/bulk-capture"},
+    "bulk_analysis": {
+        "bulk_analysis_cron_file": "etc/cron.d/bulk-analysis",
+        "bulk_analysis_script": "usr/local/sbin/bulk-backdoor-report",
+    },
+}
 
 
 def tool(name: str) -> str:
@@ -86,10 +95,19 @@ def render(
         for sub in ("defaults", "vars", "templates"):
             if (src / sub).is_dir() and not (dst / sub).exists():
                 (dst / sub).symlink_to(src / sub)
+        for task_file in (src / "tasks").glob("*.yml"):
+            if task_file.name != "main.yml" and not (dst / "tasks" / task_file.name).exists():
+                (dst / "tasks" / task_file.name).symlink_to(task_file)
         templates = sorted(
             str(p.relative_to(src / "templates")) for p in (src / "templates").rglob("*.j2")
         )
-        (dst / "tasks" / "render.yml").write_text(yaml.safe_dump(_render_tasks(role, templates)))
+        tasks = _render_tasks(role, templates)
+        if role in CRON_TASKS:
+            (out / role / "etc/cron.d").mkdir(parents=True, exist_ok=True)
+            tasks.append(
+                {"name": "Write the cron file", "ansible.builtin.import_tasks": "cron.yml"}
+            )
+        (dst / "tasks" / "render.yml").write_text(yaml.safe_dump(tasks))
         for rel in templates:
             (out / role / rel).parent.mkdir(parents=True, exist_ok=True)
         for dest_dirs in PER_INTERFACE.get(role, set()):
@@ -105,6 +123,7 @@ def render(
                 {
                     "name": f"Render {role}",
                     "ansible.builtin.import_role": {"name": role, "tasks_from": "render"},
+                    "vars": {k: str(out / role / v) for k, v in CRON_TASKS.get(role, {}).items()},
                 }
                 for role in roles or ROLES
             ],
@@ -115,8 +134,16 @@ def render(
     cmd = [tool("ansible-playbook"), "-i", str(ROOT / "inventory" / inventory), str(playbook)]
     for key, value in (extra_vars or {}).items():
         cmd += ["-e", yaml.safe_dump({key: value}, default_flow_style=True).strip()]
+    # ansible.builtin.cron insists on finding crontab(1) even when it only edits
+    # a cron_file; this stand-in fails loudly should it ever be run.
+    stub_bin = out / ".bin"
+    stub_bin.mkdir(exist_ok=True)
+    crontab = stub_bin / "crontab"
+    crontab.write_text("#!/bin/sh\necho 'crontab stand-in: not to be run' >&2\nexit 1\n")
+    crontab.chmod(0o755)
     env = dict(
         os.environ,
+        PATH=f"{stub_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         ANSIBLE_ROLES_PATH=str(roles_dir),
         ANSIBLE_STDOUT_CALLBACK="ansible.builtin.minimal",
         ANSIBLE_LOCALHOST_WARNING="false",

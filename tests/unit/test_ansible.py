@@ -8,6 +8,7 @@ the backdoor report script against a stand-in for bulk.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -16,13 +17,17 @@ import shutil
 import stat
 import subprocess
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from bulk.capture.options import resolve_options
+from bulk.commands import capture as capture_cmd
+from bulk.commands import compress as compress_cmd
+from bulk.commands import rotate as rotate_cmd
+from bulk.config import Config, load_config
 from tests.ansible_render import ROLES, ROOT, inventory_vars, render, role_defaults, tool
 
 PLAYBOOKS = sorted(p.name for p in (ROOT / "playbooks").glob("*.yml"))
@@ -31,6 +36,19 @@ HOSTS = [
     ("production.example", "sensor-core"),
 ]
 MANAGED = "{{ ansible_managed | comment }}"
+# bulk capture's options, as bulk/commands/capture.py hands them to resolve_options.
+CAPTURE_KEYS = (
+    "interface",
+    "dir",
+    "rotate_seconds",
+    "rotate_bytes",
+    "align",
+    "snaplen",
+    "buffer",
+    "filter",
+    "workers",
+    "promisc",
+)
 
 
 def run(cmd: list[str], timeout: float = 600, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -177,30 +195,85 @@ def capture_argv(out: Path) -> list[str]:
     return shlex.split(exec_start)
 
 
-def test_bulk_toml_parses_and_agrees_with_the_capture_command_line(rendered: Any) -> None:
-    out, expected = rendered
-    config = tomllib.loads((out / "bulk_install/etc/bulk/bulk.toml").read_text())
-    argv = capture_argv(out)
-    assert argv[1:4] == ["capture", "-i", "%I"]
-    options = dict(zip(argv[4::2], argv[5::2], strict=True))
+def parse_with(command: Any, argv: list[str]) -> argparse.Namespace:
+    """argv parsed by the real bulk command's own argument parser."""
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    command.add_arguments(parser)
+    return parser.parse_args(argv)
 
-    assert config["dir"] == options["--dir"] == expected["bulk_capture_dir"]
-    cap = config["capture"]
-    assert cap["interfaces"] == expected["bulk_capture_interfaces"]
-    assert (
-        cap["rotate_seconds"]
-        == int(options["--rotate-seconds"])
-        == expected["bulk_capture_rotate_seconds"]
-    )
-    assert cap["snaplen"] == int(options["--snaplen"]) == expected["bulk_capture_snaplen"]
-    for key, flag in (("rotate_bytes", "--rotate-bytes"), ("buffer", "--buffer")):
-        if expected[f"bulk_capture_{key}"] is None:
-            assert key not in cap and flag not in options
-        else:
-            assert cap[key] == options[flag] == expected[f"bulk_capture_{key}"]
-    comp = config["compress"]
-    for key in ("older_than", "keep_days", "max_disk", "level"):
-        assert comp[key] == expected[f"bulk_capture_compress_{key}"]
+
+def cron_jobs(path: Path) -> list[tuple[str, str, str, list[str]]]:
+    """(minute, hour, user, bulk argv after the executable) of each cron.d entry."""
+    jobs = []
+    for line in path.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        minute, hour, _dom, _mon, _dow, user, command = line.split(None, 6)
+        argv = shlex.split(command.replace("\\%", "%"))
+        assert argv[:3] == ["/usr/bin/systemd-cat", "-t", argv[2]] and argv[2].startswith("bulk-")
+        jobs.append((minute, hour, user, argv[3:]))
+    return jobs
+
+
+def test_capture_unit_and_bulk_toml_configure_the_same_capture(rendered: Any) -> None:
+    """The unit's command line alone, or bulk.toml alone, gives the same capture."""
+    out, expected = rendered
+    toml = out / "bulk_install/etc/bulk/bulk.toml"
+    config = load_config(str(toml))
+    argv = capture_argv(out)
+    assert argv[0] == "/opt/bulk/bin/bulk" and argv[1] == "capture"
+    assert config.section("capture")["interfaces"] == expected["bulk_capture_interfaces"]
+    for iface in expected["bulk_capture_interfaces"]:
+        a = parse_with(capture_cmd, [x.replace("%I", iface) for x in argv[2:]])
+        cli = {key: getattr(a, key) for key in CAPTURE_KEYS}
+        from_unit = resolve_options(cli, Config())
+        from_file = resolve_options({"interface": iface}, config)
+        assert from_unit == from_file
+        assert from_unit.directory == expected["bulk_capture_dir"]
+        assert from_unit.rotate_seconds == expected["bulk_capture_rotate_seconds"]
+        assert from_unit.align is expected["bulk_capture_align"]
+        assert from_unit.snaplen == expected["bulk_capture_snaplen"]
+        assert (from_unit.rotate_bytes is None) == (expected["bulk_capture_rotate_bytes"] is None)
+
+
+def test_cron_entries_parse_and_agree_with_bulk_toml(
+    rendered: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, expected = rendered
+    toml = out / "bulk_install/etc/bulk/bulk.toml"
+    jobs = cron_jobs(out / "bulk_capture/etc/cron.d/bulk-capture")
+    rotates = [j for j in jobs if "rotate" in j[3]]
+    (compress,) = [j for j in jobs if "compress" in j[3]]
+    assert all(user == "bulk" for _, _, user, _ in jobs)
+
+    # One rotation per interface, hourly at minute 0 unless configured otherwise.
+    ifaces = []
+    for minute, hour, _, argv in rotates:
+        assert (minute, hour) == (expected["bulk_capture_rotate_minute"], "*")
+        assert argv[0] == "/opt/bulk/bin/bulk" and argv[1] == "rotate"
+        a = parse_with(rotate_cmd, argv[2:])
+        assert a.dir == expected["bulk_capture_dir"]
+        ifaces.append(a.interface)
+    assert ifaces == expected["bulk_capture_interfaces"]
+
+    # Compression: the cron line alone, or bulk.toml alone, gives the same run.
+    minute, _, _, argv = compress
+    assert minute == expected["bulk_capture_compress_minute"]
+    bulk_at = argv.index("/opt/bulk/bin/bulk")
+    assert argv[bulk_at + 1] == "compress"
+    monkeypatch.setenv("BULK_CONFIG", "")
+    from_cron = compress_cmd._options(parse_with(compress_cmd, argv[bulk_at + 2 :]))
+    monkeypatch.setenv("BULK_CONFIG", str(toml))
+    from_file = compress_cmd._options(parse_with(compress_cmd, []))
+    assert from_cron == from_file
+    budget = str(expected["bulk_capture_compress_max_disk"])
+    assert budget.endswith("%") and from_cron.policy.budget is not None
+    assert from_cron.policy.budget.percent == float(budget[:-1])
+    assert from_cron.policy.keep_days == expected["bulk_capture_compress_keep_days"]
+
+    (analysis,) = cron_jobs(out / "bulk_analysis/etc/cron.d/bulk-analysis")
+    assert analysis[2] == "bulk"
+    assert analysis[3] == [str(out / "bulk_analysis/usr/local/sbin/bulk-backdoor-report")]
 
 
 def test_capture_unit_runs_unprivileged_and_sandboxed(rendered: Any) -> None:
