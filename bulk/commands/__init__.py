@@ -7,4 +7,12 @@ wiring of sources, filters and sinks; their logic lives in library modules.
 
 from __future__ import annotations
 
-COMMANDS: tuple[str, ...] = ("info", "contents", "backdoor")
+COMMANDS: tuple[str, ...] = (
+    "info",
+    "contents",
+    "backdoor",
+    "capture",
+    "rotate",
+    "status",
+    "index",
+)
