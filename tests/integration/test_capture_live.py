@@ -420,3 +420,22 @@ def test_index_rebuild_recreates_a_lost_catalogue(pair: VethPair, tmp_path: Path
         assert {r.name: cat.time_index(r.name) for r in cat.files()} == index_before
         assert cat.last_seq(pair.capture_dev, 0) == len(before)
     assert after == before and len(before) >= 2
+
+
+def test_time_rotation_on_an_idle_link(pair: VethPair, tmp_path: Path) -> None:
+    """Non-blocking capture: files rotate on the clock and SIGTERM stops it while
+    nothing arrives (pcapy-ng's blocking reads would never return here)."""
+    d = tmp_path / "archive"
+    cap = LiveCapture(pair, d, "--rotate-seconds", "1", "--align").start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(finals(d)) < 3:
+        time.sleep(0.1)
+    assert cap.stop() == 0, cap.log_text()
+    files = finals(d)
+    assert len(files) >= 3
+    for f in files:
+        assert f.read_bytes()[:4] == bytes.fromhex("d4c3b2a1") and f.stat().st_size == 24
+    # Aligned: every file but the first was opened on a new second.
+    stamps = [parse_name(f.name).time_s for f in files]
+    assert len(set(stamps[1:])) == len(stamps) - 1
+    assert "(time): 0 packets" in cap.log_text()
