@@ -385,6 +385,21 @@ def _explain(text: str, body: str) -> str:
     return f"bad time {text!r}: not a time specification"
 
 
+def spec_resolution_ns(text: str) -> int:
+    """The unit a spec is given in: 1 ns if it has more than six fractional
+    digits (or is ``now``/``ago``), else 1 us, the finest unit tcpslice knows."""
+    t = text.strip()
+    if t.lower() == "now" or _strip_ago(t) is not None:
+        return 1
+    iso = _ISO_RE.fullmatch(t)
+    if iso is not None:
+        return 1 if len(iso.group("f") or "") > 6 else 1000
+    m = _RAW_RE.fullmatch(t.lstrip("+"))
+    if m is not None and len(m.group(2) or "") > 6:
+        return 1
+    return 1000
+
+
 def resolve_window(
     start: str | None,
     end: str | None,
@@ -398,15 +413,23 @@ def resolve_window(
     ``start`` is relative to ``first_ns`` (the earliest first packet of the
     inputs); ``end`` is relative to the resolved start. An omitted start is
     the first packet (or unbounded if that is unknown); an omitted end is
-    ``last_ns`` (or unbounded).
+    ``last_ns`` (or unbounded). Both ends are inclusive, and a time given to
+    the microsecond covers that whole microsecond (as tcpslice, which reads
+    nanosecond traces at microsecond resolution): the start is rounded down
+    and the end extended to the microsecond's last nanosecond.
     """
     start_ns = parse_timespec(start, first_ns, now_ns=now_ns) if start is not None else first_ns
     if end is not None:
         end_ns: int | None = parse_timespec(
             end, first_ns, is_end=True, start_ns=start_ns, now_ns=now_ns
         )
+        res = spec_resolution_ns(end)
+        assert end_ns is not None
+        end_ns = end_ns - end_ns % res + res - 1
     else:
         end_ns = last_ns
+    if start is not None and start_ns is not None:
+        start_ns -= start_ns % spec_resolution_ns(start)
     return TimeWindow(start_ns, end_ns)
 
 

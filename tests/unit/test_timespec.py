@@ -63,7 +63,7 @@ def test_manual_page_example_pacific(pacific: None) -> None:
     # "+1h +1h10m": 38.7654 s after 9:51PM through 38.7654 s after 11:01PM.
     w = resolve_window("+1h", "+1h10m", base)
     assert w.start_ns == base + 3600 * NS
-    assert w.end_ns == base + (3600 + 4200) * NS
+    assert w.end_ns == base + (3600 + 4200) * NS + 999  # inclusive: the whole microsecond
 
 
 def test_raw_and_relative() -> None:
@@ -176,6 +176,19 @@ def test_looks_like_timespec() -> None:
         assert looks_like_timespec(spec), spec
     for name in ("trace.pcap", "/srv/bulk/x.pcap", "-", "13h15m.pcap", "chicago"):
         assert not looks_like_timespec(name), name
+
+
+def test_microsecond_specs_cover_their_microsecond() -> None:
+    # As tcpslice reads a nanosecond trace: a us-precise end includes the whole us.
+    w = resolve_window("1362692527.000001", "1362692528.5", None)
+    assert w.start_ns == 1362692527_000001000
+    assert w.end_ns == 1362692528_500000999
+    # Nanosecond digits make a bound exact.
+    w = resolve_window("1362692527.000001234", "1362692528.500000001", None)
+    assert (w.start_ns, w.end_ns) == (1362692527_000001234, 1362692528_500000001)
+    w = resolve_window("+0", "+1", FIRST + 77)  # relative to a nanosecond first packet
+    assert (w.start_ns, w.end_ns) == (FIRST, FIRST + NS + 999)
+    assert resolve_window(None, "2026-11-27T13:15:00.123456789Z", 0).end_ns == 1795785300_123456789
 
 
 def test_window() -> None:
