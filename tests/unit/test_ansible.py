@@ -358,6 +358,13 @@ def test_scripts_parse_as_posix_sh(rendered: Any, script: str) -> None:
 # --- the backdoor report script, against a stand-in for bulk ----------------------
 
 
+def _window_end(spec: str) -> int:
+    """The period boundary an inclusive end one nanosecond before it stands for."""
+    seconds, _, fraction = spec.partition(".")
+    assert fraction == "999999999", spec
+    return int(seconds) + 1
+
+
 STUB = """#!/bin/sh
 printf '%s\\n' "$*" >>"{calls}"
 [ -f "{fail}" ] && exit 3
@@ -395,7 +402,7 @@ def test_backdoor_report_covers_each_closed_period_once(tmp_path: Path) -> None:
             argv = line.split()
             assert argv[:3] == ["backdoor", "--dir", "/srv/bulk/traces"] and "--json" in argv
             result.append(
-                (int(argv[argv.index("--start") + 1]), int(argv[argv.index("--end") + 1]))
+                (int(argv[argv.index("--start") + 1]), _window_end(argv[argv.index("--end") + 1]))
             )
         return result
 
