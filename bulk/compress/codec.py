@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -28,7 +27,6 @@ class Compressed:
 
     index: FrameIndex
     size: int  # original bytes
-    crc32: int  # of the original bytes
     packets: int  # whole packets in the original
     comp_size: int
     damage: str | None
@@ -40,16 +38,14 @@ def compress_stream(
     """Read an uncompressed trace from ``src`` and write the seekable file to ``out``."""
     splitter = split_frames(src, settings.frame_size, path)
     writer = SeekableWriter(out, settings.fmt, settings.level, settings.threads)
-    crc = 0
     try:
         for chunk in splitter:
-            crc = zlib.crc32(chunk.data, crc)
             writer.add(chunk.data, chunk.stats)
     except BaseException:
         writer.abort()
         raise
-    index = writer.finish(splitter.layout, crc, splitter.damage is not None)
-    return Compressed(index, splitter.size, crc, splitter.packets, writer.written, splitter.damage)
+    index = writer.finish(splitter.layout, splitter.damage is not None)
+    return Compressed(index, splitter.size, splitter.packets, writer.written, splitter.damage)
 
 
 def compress_file(src_path: str, out: BinaryIO, settings: CompressSettings) -> Compressed:
@@ -57,59 +53,70 @@ def compress_file(src_path: str, out: BinaryIO, settings: CompressSettings) -> C
         return compress_stream(src, out, settings, src_path)
 
 
-def verify(path: str, expected: Compressed, threads: int = 2) -> None:
-    """Read ``path`` back through its index and compare it with the original.
+def verify(
+    path: str,
+    original: str | BinaryIO,
+    expected: Compressed | None = None,
+    threads: int = 2,
+    deep: bool = False,
+) -> None:
+    """Read the compressed trace ``path`` back and compare it with the original.
 
-    Checks that the index on disk is the one written, that every frame
-    decompresses (zstd and gzip check their own checksums) to the size the index
-    says and walks as whole records to the packet count the index says, and
-    that the decompressed bytes have the original's length and CRC-32 and the
-    packets add up to the original's count. Raises ArchiveError on a mismatch.
+    Every frame is decompressed (the decoder checks the frame's own checksum:
+    zstd's XXH64, gzip's CRC-32) and must equal, byte for byte, the original's
+    bytes at the offsets the index gives, and together they must be all of the
+    original. With ``expected`` (what the writer produced), the index read back
+    must be the one written and its packet count the original's. With ``deep``
+    (the sweep, for files whose writing it did not see), every frame is also
+    walked: its whole records must be the packet count the index says.
+    Raises ArchiveError on any difference.
     """
+    own = isinstance(original, str)
+    orig: BinaryIO = open(original, "rb") if isinstance(original, str) else original  # noqa: SIM115
+    name = original if isinstance(original, str) else "the original"
     try:
         with SeekableTrace.open(path) as st:
             idx = st.index
-            if idx != expected.index:
-                raise ArchiveError(f"{path}: the index read back differs from the one written")
-            layout: Layout = idx.layout
-            last_with_packets = max(
-                (k for k, fr in enumerate(idx.frames) if fr.packets), default=-1
-            )
-            crc = 0
-            size = 0
-            packets = 0
-            for k, data in enumerate(st.iter_frames(threads=threads)):
-                crc = zlib.crc32(data, crc)
-                size += len(data)
-                fr = idx.frames[k]
-                if idx.damaged and k > last_with_packets:
-                    continue  # the unwalkable tail, kept byte for byte
-                n, stop = count_packets(layout, data, layout.header_len if k == 0 else 0)
-                packets += n
-                whole = stop == len(data) or (idx.damaged and k == last_with_packets)
-                if n != fr.packets or not whole:
+            if expected is not None:
+                if idx != expected.index:
+                    raise ArchiveError(f"{path}: the index read back differs from the one written")
+                if idx.packets != expected.packets or idx.size != expected.size:
                     raise ArchiveError(
-                        f"{path}: frame {k} walks to {n} packets ending at byte {stop} of "
-                        f"{len(data)}; the index says {fr.packets}"
+                        f"{path}: the index says {idx.packets} packets in {idx.size} bytes; "
+                        f"the original has {expected.packets} in {expected.size}"
                     )
+            for k, data in enumerate(st.iter_frames(threads=threads)):
+                fr = idx.frames[k]
+                if orig.read(len(data)) != data:
+                    raise ArchiveError(
+                        f"{path}: frame {k} differs from bytes {fr.decomp_offset}.."
+                        f"{fr.decomp_offset + fr.decomp_size} of {name}"
+                    )
+                if deep:
+                    _walk_frame(st, k, data)
+            if orig.read(1):
+                raise ArchiveError(f"{name} is longer than the {idx.size} bytes of {path}")
     except TraceError as exc:
         raise ArchiveError(f"verification failed: {exc}") from None
-    if size != expected.size or crc != expected.crc32 or packets != expected.packets:
+    finally:
+        if own:
+            orig.close()
+
+
+def _walk_frame(st: SeekableTrace, k: int, data: bytes) -> None:
+    idx = st.index
+    layout: Layout = idx.layout
+    fr = idx.frames[k]
+    last_with_packets = max((i for i, f in enumerate(idx.frames) if f.packets), default=-1)
+    if idx.damaged and k > last_with_packets:
+        return  # the unwalkable tail, kept byte for byte
+    n, stop = count_packets(layout, data, layout.header_len if k == 0 else 0)
+    whole = stop == len(data) or (idx.damaged and k == last_with_packets)
+    if n != fr.packets or not whole:
         raise ArchiveError(
-            f"{path}: decompressed {size} bytes, {packets} packets, crc32 {crc:08x}; "
-            f"the original has {expected.size} bytes, {expected.packets} packets, "
-            f"crc32 {expected.crc32:08x}"
+            f"{st.path}: frame {k} walks to {n} packets ending at byte {stop} of "
+            f"{len(data)}; the index says {fr.packets}"
         )
-
-
-def original_figures(path: str) -> tuple[int, int, int]:
-    """(size, crc32, packets) of an uncompressed trace, for re-verification after a crash."""
-    crc = 0
-    with open(path, "rb") as f:
-        splitter = split_frames(f, DEFAULT_FRAME_SIZE, path)
-        for chunk in splitter:
-            crc = zlib.crc32(chunk.data, crc)
-    return splitter.size, crc, splitter.packets
 
 
 def compressed_name(path: str, fmt: str) -> str:

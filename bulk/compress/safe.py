@@ -34,14 +34,12 @@ from bulk.archive.listing import OPEN_SUFFIX, is_trace_name
 from bulk.archive.naming import STATE_DIRNAME
 from bulk.compress.codec import (
     FORMATS,
-    Compressed,
     CompressSettings,
     compress_stream,
     fsync_dir,
-    original_figures,
     verify,
 )
-from bulk.errors import ArchiveError, TraceError
+from bulk.errors import ArchiveError
 from bulk.trace.seekable import SeekableTrace
 
 CRASH_ENV = "BULK_COMPRESS_CRASH_AT"
@@ -252,7 +250,8 @@ def compress_one(src: str, settings: CompressSettings, archive: Archive) -> Outc
                 result.size != st.st_size
             ):
                 raise ArchiveError(f"{src}: changed while being compressed; left as it is")
-            verify(tmp, result, settings.threads)
+            f.seek(0)
+            verify(tmp, f, result, settings.threads)
             crash_point("after-verify")
             os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
             _link_no_replace(tmp, final)
@@ -287,15 +286,14 @@ def finish_pair(original: str, compressed: str, archive: Archive, log: Log) -> b
     """Both ``X.pcap`` and ``X.pcap.zst`` exist (a run was cut short after the rename):
     verify the compressed copy against the original and, if equal, finish the job."""
     fmt = "zstd" if compressed.endswith(".zst") else "gzip"
+    differs: str | None = None
     try:
-        size, crc, packets = original_figures(original)
-        with SeekableTrace.open(compressed) as st:
-            index = st.index
-        expected = Compressed(index, size, crc, packets, os.path.getsize(compressed), None)
-        verify(compressed, expected)
-    except (ArchiveError, TraceError) as exc:
+        verify(compressed, original, deep=True)
+    except ArchiveError as exc:
+        differs = str(exc)
+    if differs is not None:
         log(
-            f"warning: {original} and {compressed} both exist and differ ({exc}); "
+            f"warning: {original} and {compressed} both exist and differ ({differs}); "
             "left both as they are"
         )
         return False

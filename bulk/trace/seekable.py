@@ -21,13 +21,14 @@ empty and carries the packet index in its FCOMMENT field (base64), ending in
 The packet index (little endian)::
 
     "BULKIDX1"  header_len:u32  flags:u32  kind:u8  endian:u8  pad:u16
-    snaplen:u32  size:u64  packets:u64  crc32:u32  frames:u32
+    snaplen:u32  size:u64  packets:u64  frames:u32
     per frame:  comp_size:u64  decomp_size:u64  packets:u32
                 first_ts last_ts min_ts max_ts: i64 ns (INT64_MIN: no packet)
 
-``crc32`` is zlib's CRC-32 of the whole decompressed trace; flag 1 means
-nanosecond pcap, flag 2 means the trace had a damaged or truncated tail
-(kept byte for byte in the last frame(s)).
+Flag 1 means nanosecond pcap, flag 2 means the trace had a damaged or
+truncated tail (kept byte for byte in the last frame(s)). Integrity is the
+formats' own: every zstd frame carries its XXH64 checksum (also in the seek
+table), every gzip member its CRC-32, and decoding checks them.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ FLAG_NANOSECOND = 1
 FLAG_DAMAGED = 2
 NO_TS = -(2**63)
 
-_INDEX_HEAD = struct.Struct("<8sIIBBHIQQII")
+_INDEX_HEAD = struct.Struct("<8sIIBBHIQQI")
 _INDEX_FRAME = struct.Struct("<QQIqqqq")
 _SEEK_ENTRY = struct.Struct("<III")
 _FOOTER = struct.Struct("<IBI")
@@ -93,7 +94,6 @@ class FrameIndex:
     frames: tuple[Frame, ...]
     size: int
     packets: int
-    crc32: int
     damaged: bool
 
     def encode(self) -> bytes:
@@ -110,7 +110,6 @@ class FrameIndex:
                 lay.snaplen,
                 self.size,
                 self.packets,
-                self.crc32,
                 len(self.frames),
             )
         ]
@@ -132,7 +131,7 @@ class FrameIndex:
     def decode(payload: bytes, path: str = "") -> FrameIndex:
         if len(payload) < _INDEX_HEAD.size or payload[:8] != INDEX_MAGIC:
             raise TraceError(path, None, "frame index: bad magic")
-        (_m, header_len, flags, kind, endian, _pad, snaplen, size, packets, crc, nframes) = (
+        (_m, header_len, flags, kind, endian, _pad, snaplen, size, packets, nframes) = (
             _INDEX_HEAD.unpack_from(payload)
         )
         if len(payload) != _INDEX_HEAD.size + nframes * _INDEX_FRAME.size:
@@ -167,7 +166,7 @@ class FrameIndex:
             decomp += dsize
         if decomp != size or sum(f.packets for f in frames) != packets:
             raise TraceError(path, None, "frame index: totals disagree with its frames")
-        return FrameIndex(layout, tuple(frames), size, packets, crc, bool(flags & FLAG_DAMAGED))
+        return FrameIndex(layout, tuple(frames), size, packets, bool(flags & FLAG_DAMAGED))
 
 
 def _ts_out(ts: int | None) -> int:
@@ -203,7 +202,7 @@ class SeekableWriter:
     """Compress frames in parallel (``threads`` workers) and write them in order.
 
     ``add(data, stats)`` per frame (each on record boundaries), then
-    ``finish(layout, crc32, damaged)`` writes the index and returns it. The
+    ``finish(layout, damaged)`` writes the index and returns it. The
     caller owns ``out`` (flush, fsync, close).
     """
 
@@ -252,7 +251,7 @@ class SeekableWriter:
         self._comp += len(comp)
         self._decomp += dsize
 
-    def finish(self, layout: Layout, crc32: int, damaged: bool) -> FrameIndex:
+    def finish(self, layout: Layout, damaged: bool) -> FrameIndex:
         try:
             while self._pending:
                 self._drain_one()
@@ -263,7 +262,6 @@ class SeekableWriter:
             tuple(self._frames),
             self._decomp,
             sum(f.packets for f in self._frames),
-            crc32,
             damaged,
         )
         payload = index.encode()
@@ -363,7 +361,8 @@ class SeekableTrace:
         return self.decompress(i, self.read_compressed(i))
 
     def decompress(self, i: int, comp: bytes) -> bytes:
-        """Decompress frame ``i`` from its compressed bytes, checking its size and checksum."""
+        """Decompress frame ``i`` from its compressed bytes and check its size
+        (the decoder checks the frame's own checksum)."""
         fr = self.frames[i]
         try:
             if self.compression == "zstd":

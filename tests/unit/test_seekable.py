@@ -88,7 +88,7 @@ def test_compress_round_trip_with_a_cut_tail(
     with tempfile.NamedTemporaryFile(suffix=".pcap.zst") as f:
         f.write(out.getvalue())
         f.flush()
-        verify(f.name, c)
+        verify(f.name, io.BytesIO(raw), c, deep=True)
         with SeekableTrace.open(f.name) as st_:
             assert st_.read_frames(0, len(st_.frames)) == raw
             assert st_.index == FrameIndex.decode(st_.index.encode())
@@ -104,7 +104,7 @@ def test_verify_catches_a_flipped_byte(tmp_path: Path) -> None:
     with open(path, "wb") as f:
         f.write(bytes(data))
     with pytest.raises(ArchiveError):
-        verify(path, c)
+        verify(path, io.BytesIO(raw), c)
 
 
 def test_not_a_trace_is_refused() -> None:

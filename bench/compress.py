@@ -1,0 +1,148 @@
+"""Benchmark: `bulk compress` against `zstd -3 -T2` and `gzip -6` on the same trace.
+
+The input (generated once under bench/out/, never committed) is made of the
+real Ethernet packets of the bundled traces, shuffled, with increasing times;
+by default 60% of them get random bytes after their first 54 bytes (headers
+kept), like encrypted traffic: replaying 2 MB of real packets verbatim would
+let zstd find every packet again inside its window and compress unrealistically
+well.
+
+Each tool runs on the same page-cached file, in the same run, alternately,
+``--runs`` times; the best wall time and the CPU seconds of that run are
+printed with the ratio bulk / reference (below 1.0: bulk is faster).
+
+`bulk compress` is timed as the operator runs it (a fresh archive directory
+holding a hard link to the input, so nothing is copied): start-up, compression
+into seekable frames with a frame index, fsync, verification (every frame
+decompressed and CRC-checked, packets walked), rename, delete. The zstd
+reference is timed alone and followed by `sync FILE` (the fsync that crash
+safety needs), both printed. A breakdown of bulk's phases comes from the
+library in-process.
+
+    python bench/compress.py                     # ~500 MB input
+    python bench/compress.py --size-mb 2000 --runs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bulk.compress.codec import CompressSettings, compress_file, verify  # noqa: E402
+from tests.compress_data import make_pcap  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+BULK = [sys.executable, "-m", "bulk"]
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(cmd: list[str], stdout: Path | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds of one command."""
+    c0 = children_cpu()
+    t0 = time.perf_counter()
+    if stdout is None:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    else:
+        with open(stdout, "wb") as f:
+            subprocess.run(cmd, check=True, stdout=f)
+    return time.perf_counter() - t0, children_cpu() - c0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mb", type=int, default=500)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--level", type=int, default=3)
+    ap.add_argument("--random-payload", type=float, default=0.6)
+    args = ap.parse_args()
+    for tool in ("zstd", "gzip", "sync"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed")
+    OUT.mkdir(parents=True, exist_ok=True)
+    src = OUT / f"compress-{args.size_mb}mb-{args.random_payload:g}.pcap"
+    if not src.exists():
+        print(f"generating {src} ...", flush=True)
+        make_pcap(src, args.size_mb * 1_000_000, seed=1, random_payload=args.random_payload)
+    size = src.stat().st_size
+    src.read_bytes()  # into the page cache, for every tool alike
+    arch = OUT / "compress-archive"
+    zout, gout = OUT / "ref.pcap.zst", OUT / "ref.pcap.gz"
+
+    best: dict[str, tuple[float, float, int]] = {}
+
+    def note(name: str, wall: float, cpu: float, out_size: int) -> None:
+        if name not in best or wall < best[name][0]:
+            best[name] = (wall, cpu, out_size)
+
+    def bulk_run(fmt: str, level: int) -> None:
+        shutil.rmtree(arch, ignore_errors=True)
+        arch.mkdir()
+        os.link(src, arch / "trace.pcap")
+        wall, cpu = timed(
+            [*BULK, "compress", "--dir", str(arch), "--format", fmt, "--level", str(level)]
+        )
+        out = arch / ("trace.pcap" + (".zst" if fmt == "zstd" else ".gz"))
+        note(f"bulk compress --format {fmt} --level {level}", wall, cpu, out.stat().st_size)
+
+    for run in range(args.runs):
+        print(f"run {run + 1}/{args.runs}", flush=True)
+        wall, cpu = timed(["zstd", "-q", f"-{args.level}", "-T2", "-f", str(src), "-o", str(zout)])
+        note(f"zstd -{args.level} -T2", wall, cpu, zout.stat().st_size)
+        wall2, cpu2 = timed(["sync", str(zout)])
+        note(f"zstd -{args.level} -T2 + sync FILE", wall + wall2, cpu + cpu2, zout.stat().st_size)
+        bulk_run("zstd", args.level)
+        if run == 0:  # gzip is ten times slower: once is enough
+            wall, cpu = timed(["gzip", "-6", "-c", str(src)], stdout=gout)
+            note("gzip -6", wall, cpu, gout.stat().st_size)
+            bulk_run("gzip", 6)
+
+    # Phases of bulk, in-process (library calls, no start-up, no rename).
+    settings = CompressSettings("zstd", args.level, threads=2)
+    phases = OUT / "phases.pcap.zst"
+    t0 = time.perf_counter()
+    with open(phases, "wb") as f:
+        c = compress_file(str(src), f, settings)
+        t1 = time.perf_counter()
+        os.fsync(f.fileno())
+    t2 = time.perf_counter()
+    verify(str(phases), str(src), c)
+    t3 = time.perf_counter()
+    os.unlink(phases)
+
+    print(f"\ninput: {size / 1e6:.0f} MB, {c.packets} packets, {len(c.index.frames)} frames")
+    print(f"{'command':42} {'wall s':>7} {'cpu s':>7} {'MB/s':>7} {'ratio':>6}")
+    for name, (wall, cpu, out_size) in best.items():
+        print(f"{name:42} {wall:7.2f} {cpu:7.2f} {size / 1e6 / wall:7.0f} {size / out_size:6.3f}")
+    zs = best[f"zstd -{args.level} -T2"][0]
+    zsync = best[f"zstd -{args.level} -T2 + sync FILE"][0]
+    bz = best[f"bulk compress --format zstd --level {args.level}"][0]
+    gz = best["gzip -6"][0]
+    bg = best["bulk compress --format gzip --level 6"][0]
+    print(f"\nbulk zstd / zstd -T2:          {bz / zs:.2f}x time")
+    print(f"bulk zstd / (zstd -T2 + sync): {bz / zsync:.2f}x time")
+    print(f"bulk gzip / gzip -6:           {bg / gz:.2f}x time")
+    print(
+        f"bulk phases (in-process): compress+index {t1 - t0:.2f} s, fsync {t2 - t1:.2f} s, "
+        f"verify {t3 - t2:.2f} s"
+    )
+    shutil.rmtree(arch, ignore_errors=True)
+    for p in (zout, gout):
+        p.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
