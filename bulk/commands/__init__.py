@@ -11,6 +11,7 @@ COMMANDS: tuple[str, ...] = (
     "info",
     "contents",
     "backdoor",
+    "compress",
     "capture",
     "rotate",
     "status",
