@@ -132,6 +132,7 @@ class ContentsAnalyzer(Analyzer[_Conn]):
 
     name = "contents"
     wants_stream = True
+    coalesce = True
 
     def __init__(self, outdir: str, **options: Any) -> None:
         self.config = cfg = ContentsConfig(outdir=outdir, **options)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 
 from bulk.analyzers.contents import SUMMARY_NAME, ContentsAnalyzer
@@ -12,7 +11,7 @@ from bulk.decode import PROTO_TCP
 from bulk.errors import EXIT_OK, TraceError, UsageError
 from bulk.flow.table import FlowConfig, FlowTable
 from bulk.timespec import duration_arg, needs_reference, resolve_window
-from bulk.trace import iter_packets, open_trace
+from bulk.trace import BpfFilter, open_trace
 
 NAME = "contents"
 HELP = "write each TCP connection's reassembled bytes to contents.H1.P1.H2.P2 files"
@@ -126,6 +125,17 @@ def _first_ns(paths: list[str]) -> int | None:
     return first
 
 
+def check_inputs(paths: list[str], bpf: str | None) -> None:
+    """Raise the error a bad input or filter would give, before any output exists."""
+    flt = BpfFilter(bpf) if bpf else None
+    for path in paths:
+        if path == "-":
+            continue
+        with open_trace(path) as reader:
+            if flt is not None and reader.linktype >= 0:
+                flt.program(reader.linktype)
+
+
 def run(args: argparse.Namespace) -> int:
     paths = _inputs(args)
     if args.max_flows < 1 or args.max_open_files < 2:
@@ -137,9 +147,8 @@ def run(args: argparse.Namespace) -> int:
         window = resolve_window(args.start, args.end, ref)
         start_ns = window.start_ns if args.start is not None else None
         end_ns = window.end_ns + 1 if args.end is not None and window.end_ns is not None else None
-    packets = iter_packets(paths, start_ns, end_ns, args.bpf)
-    # Unreadable inputs and bad filters fail at the first packet: before any output.
-    first = next(packets, None)
+    # Unreadable inputs and bad filters fail here, before any output is created.
+    check_inputs(paths, args.bpf)
     analyzer = ContentsAnalyzer(args.outdir, max_open_files=args.max_open_files)
     table = FlowTable(
         [analyzer],
@@ -150,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     try:
-        table.run(itertools.chain(() if first is None else (first,), packets))
+        table.run_traces(paths, start_ns, end_ns, args.bpf)
     except TraceError:
         table.finish()  # write everything read before the damage, then report it
         raise

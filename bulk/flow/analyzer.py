@@ -29,7 +29,9 @@ Rules:
 * ``on_data`` / ``on_gap`` are TCP only and only for analyzers with
   ``wants_stream = True``. Bytes arrive in sequence order exactly once per
   direction (overlap policy: first copy wins, see :mod:`bulk.flow.tcp`).
-  ``data`` is a ``bytes`` object the analyzer may keep.
+  ``data`` is a ``bytes`` object the analyzer may keep. By default one call
+  carries one segment's new bytes; an analyzer that sets ``coalesce = True``
+  may get several segments joined in one call (fewer calls on bulk data).
 * Returning :data:`DONE` (``True``) from ``on_packet``, ``on_data`` or
   ``on_gap`` detaches the analyzer from this flow: it gets no more packets or
   bytes for it, but still gets ``on_roles_swapped`` and the final
@@ -85,6 +87,10 @@ class Analyzer(Generic[S]):
 
     name: ClassVar[str] = "analyzer"
     wants_stream: ClassVar[bool] = False
+    coalesce: ClassVar[bool] = False
+    """True when ``on_data`` chunk boundaries mean nothing to the analyzer (it
+    only wants the byte stream): the table may then join consecutive in-order
+    segments into one ``on_data`` call (``ts_ns`` is the last segment's)."""
 
     def on_flow_start(self, flow: Flow) -> S | None:
         """A flow starts (its first packet is being processed).

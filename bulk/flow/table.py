@@ -24,6 +24,7 @@ the registered analyzers (:mod:`bulk.flow.analyzer`).
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,9 +51,18 @@ from bulk.flow.analyzer import (
     Analyzer,
 )
 from bulk.flow.tcp import M32, ReassemblyLimits, TcpConn, TcpStream
-from bulk.trace.packet import Packet
+from bulk.trace.bpf import BpfFilter
+from bulk.trace.chunks import RecordChunk, pcap_chunks
+from bulk.trace.packet import LINKTYPE_ETHERNET, Packet
+from bulk.trace.source import iter_packets
 
 NS = 1_000_000_000
+
+# IPv4 (no options) + TCP header fields, unpacked where they lie: total length,
+# fragment word, src, dst, sport, dport, seq, ack, data offset, flags.
+_IP4_TCP = struct.Struct("!2xH2xH4x4s4sHHIIBB").unpack_from
+# IPv6 + TCP: payload length, src, dst, sport, dport, seq, ack, data offset, flags.
+_IP6_TCP = struct.Struct("!4xH2x16s16sHHIIBB").unpack_from
 
 # Role evidence, weakest first. Analyzers may use their own strings (ranked
 # as ROLE_PAYLOAD).
@@ -115,6 +125,7 @@ class TableStats:
     other_protocols: int = 0  # IP protocols the table was told not to track
     flows: int = 0
     ended: dict[str, int] = field(default_factory=dict)
+    fast_path: int = 0  # packets handled in place by run_chunks (profiling aid)
 
 
 class Flow:
@@ -260,13 +271,19 @@ class FlowTable:
         self._data_hooks = []
         self._gap_hooks = []
         self._stream_mask = 0
+        self._pkt_mask = 0
+        self._nocoalesce_mask = 0
+        self._outq: list[tuple[TcpConn, TcpStream]] = []  # streams with queued bytes
         for i, a in enumerate(self.analyzers):
             bit = 1 << i
             cls = type(a)
             if getattr(cls, "on_packet", None) is not base["on_packet"]:
                 self._pkt_hooks.append((i, bit, a.on_packet))
+                self._pkt_mask |= bit
             if a.wants_stream:
                 self._stream_mask |= bit
+                if not a.coalesce:
+                    self._nocoalesce_mask |= bit
                 if getattr(cls, "on_data", None) is not base["on_data"]:
                     self._data_hooks.append((i, bit, a.on_data))
                 if getattr(cls, "on_gap", None) is not base["on_gap"]:
@@ -289,10 +306,202 @@ class FlowTable:
             if d is None:
                 stats.packets += 1
                 stats.undecodable += 1
+                self._tick(pkt[0])
                 continue
             process(d)
         self.finish()
         return stats
+
+    def run_traces(
+        self,
+        paths: Sequence[str],
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        bpf: str | None = None,
+    ) -> TableStats:
+        """Process the packets of ``paths`` in [start_ns, end_ns) matching ``bpf``.
+
+        One classic pcap trace (plain, compressed or stdin) goes through the
+        in-place fast path (:meth:`run_chunks`); several traces (merged in
+        time order) and pcapng go through :func:`bulk.trace.iter_packets`.
+        The result is the same. Errors are those of ``iter_packets``; a trace
+        cut mid-record raises after every whole packet was processed (call
+        :meth:`finish` then).
+        """
+        flt = BpfFilter(bpf) if bpf else None
+        chunks = pcap_chunks(paths[0]) if len(paths) == 1 else None
+        if chunks is None:
+            return self.run(iter_packets(paths, start_ns, end_ns, bpf))
+        return self.run_chunks(chunks, start_ns, end_ns, flt)
+
+    def run_chunks(
+        self,
+        chunks: Iterable[RecordChunk],
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        flt: BpfFilter | None = None,
+    ) -> TableStats:
+        """Process pcap record chunks (:mod:`bulk.trace.chunks`), then :meth:`finish`.
+
+        The hot path: an in-order TCP segment (IPv4 without options, Ethernet
+        with at most one VLAN tag, no SYN/FIN/RST, no hole, stream already
+        started) of a flow whose attached analyzers do not need
+        ``on_packet`` is decoded where it lies in the chunk and its payload
+        delivered directly. Every other packet is decoded in full and goes
+        through :meth:`process_decoded`; both paths give the same result.
+        """
+        process = self.process_decoded
+        stats = self.stats
+        index = self._index
+        lru_touch = self._lru.move_to_end
+        pkt_mask = self._pkt_mask
+        active_ns = self._active_ns
+        deliver = self.stream_data
+        nocoalesce = self._nocoalesce_mask
+        ip4 = _IP4_TCP
+        ip6 = _IP6_TCP
+        lo = -(1 << 62) if start_ns is None else start_ns
+        hi = 1 << 62 if end_ns is None else end_ns
+        for chunk in chunks:
+            buf, offsets, header, frac_ns, lt = chunk
+            unpack = header.unpack_from
+            outq = self._outq
+            match = flt.program(lt) if flt is not None else None
+            ether = lt == LINKTYPE_ETHERNET
+            fast = 0
+            for pos in offsets:
+                sec, frac, caplen, wirelen = unpack(buf, pos)
+                ts = sec * 1_000_000_000 + frac * frac_ns
+                if ts < lo or ts >= hi:
+                    continue
+                off = pos + 16
+                if match is not None and not match(buf[off : off + caplen]):
+                    continue
+                if ts > self._now:
+                    self._now = ts
+                    if ts >= self._next_sweep:
+                        self._sweep(ts)
+                if ether and caplen >= 54:
+                    t0 = buf[off + 12]
+                    t1 = buf[off + 13]
+                    ip = off + 14
+                    if t0 == 0x81 and t1 == 0 and caplen >= 58:  # one 802.1Q tag
+                        t0 = buf[off + 16]
+                        t1 = buf[off + 17]
+                        ip = off + 18
+                    entry = None
+                    if t0 == 8 and t1 == 0:  # IPv4 without options, not a fragment
+                        if buf[ip] == 0x45 and buf[ip + 9] == 6 and not buf[ip + 6] & 0x3F:
+                            tot, fragw, src, dst, sport, dport, seq, ack, doff, flags = ip4(buf, ip)
+                            if not fragw & 0x1FFF and tot >= 40:
+                                entry = index.get((src, dst, sport, dport, 6))
+                                end = ip + tot
+                                hl = 20
+                    elif (  # IPv6 with TCP right after the fixed header
+                        t0 == 0x86
+                        and t1 == 0xDD
+                        and buf[ip + 6] == 6
+                        and buf[ip] >> 4 == 6
+                        and caplen >= ip - off + 60
+                    ):
+                        plen6, src, dst, sport, dport, seq, ack, doff, flags = ip6(buf, ip)
+                        if plen6 >= 20:
+                            entry = index.get((src, dst, sport, dport, 6))
+                            end = ip + 40 + plen6
+                            hl = 40
+                    if entry is not None and not flags & 7 and end <= off + caplen:
+                        flow, d = entry
+                        tcp = flow.tcp
+                        if (
+                            tcp is not None
+                            and not flow.active & pkt_mask
+                            and not (active_ns and ts - flow.start_ns >= active_ns)
+                        ):
+                            streams = tcp.streams
+                            s = streams[d]
+                            dstart = ip + hl + ((doff >> 4) << 2)
+                            plen = end - dstart
+                            old = False
+                            if plen > 0 and tcp.collect and s.started:
+                                delta = (seq - s.base - s.nxt) & M32
+                                if delta >= 0x80000000:  # starts before the next byte
+                                    old = delta + plen <= 0x100000000  # and ends there too
+                                    delta = -1
+                            else:
+                                delta = -1
+                            if (
+                                plen == 0
+                                or old
+                                or (plen > 0 and delta == 0 and not s.pending and not s.gap_run)
+                            ):
+                                # ---- fast path -----------------------------
+                                fast += 1
+                                lru_touch(flow)
+                                if ts > flow.last_ns:  # noqa: PLR1730 - faster than max()
+                                    flow.last_ns = ts
+                                flow.pkts[d] += 1
+                                flow.wire_bytes[d] += wirelen
+                                flow.payload_bytes[d] += plen
+                                tcp.npkts += 1
+                                s.flags |= flags
+                                if flags & 0x10:
+                                    p = streams[d ^ 1]
+                                    pa = p.ack_seq
+                                    if pa < 0 or 0 < ((ack - pa) & M32) < 0x80000000:
+                                        p.ack_seq = ack
+                                if old:
+                                    s.dup_bytes += plen  # retransmission
+                                elif plen and tcp.collect:
+                                    s.nxt += plen
+                                    s.delivered += plen
+                                    if flow.active & nocoalesce:
+                                        deliver(tcp, s, buf[dstart:end], ts)
+                                    else:
+                                        q = s.outq
+                                        if q is None:
+                                            s.outq = [buf[dstart:end]]
+                                            outq.append((tcp, s))
+                                        else:
+                                            q.append(buf[dstart:end])
+                                        s.outq_ts = ts
+                                continue
+                # ---- slow path: full decode --------------------------------------
+                stats.packets += fast
+                stats.fast_path += fast
+                fast = 0
+                dec = decode_fields(ts, wirelen, lt, buf[off : off + caplen])
+                if dec is None:
+                    stats.packets += 1
+                    stats.undecodable += 1
+                    continue
+                if outq:
+                    entry = index.get((dec[4], dec[5], dec[6], dec[7], dec[3]))
+                    if entry is not None and entry[0].tcp is not None:
+                        self._flush_queued(entry[0].tcp)
+                process(dec)
+            stats.packets += fast
+            stats.fast_path += fast
+            fast = 0
+            self._flush_all_queued()
+        self.finish()
+        return stats
+
+    def _flush_queued(self, tcp: TcpConn) -> None:
+        """Deliver the bytes the fast path queued for both directions of ``tcp``."""
+        for s in tcp.streams:
+            q = s.outq
+            if q is not None:
+                s.outq = None
+                self.stream_data(tcp, s, q[0] if len(q) == 1 else b"".join(q), s.outq_ts)
+
+    def _flush_all_queued(self) -> None:
+        queued = self._outq
+        self._outq = []
+        for tcp, s in queued:
+            q = s.outq
+            if q is not None:
+                s.outq = None
+                self.stream_data(tcp, s, q[0] if len(q) == 1 else b"".join(q), s.outq_ts)
 
     def process(self, pkt: Packet) -> None:
         """Decode and process one packet."""
@@ -300,8 +509,16 @@ class FlowTable:
         if d is None:
             self.stats.packets += 1
             self.stats.undecodable += 1
+            self._tick(pkt[0])
             return
         self.process_decoded(d)
+
+    def _tick(self, ts: int) -> None:
+        """Packet time moved to ``ts`` (every packet counts, decodable or not)."""
+        if ts > self._now:
+            self._now = ts
+            if ts >= self._next_sweep:
+                self._sweep(ts)
 
     def process_decoded(self, d: Decoded) -> None:
         """Process one decoded packet (the hot path)."""
@@ -463,12 +680,13 @@ class FlowTable:
         if not flow.alive:
             return
         if flow.tcp is not None:
+            self._flush_queued(flow.tcp)
             # Deliver what is buffered while the flow is still live: analyzers
             # may still swap roles on these bytes.
             flow.tcp.finish(flow.last_ns)
         flow.alive = False
         del self._index[flow.okey]
-        del self._index[flow.rkey]
+        self._index.pop(flow.rkey, None)  # okey == rkey for a flow from a host to itself
         del self._lru[flow]
         for a, st in zip(self.analyzers, flow.states, strict=True):
             if st is not None:

@@ -104,6 +104,8 @@ class TcpStream:
         "isn",
         "midstream",
         "nxt",
+        "outq",
+        "outq_ts",
         "pending",
         "pending_bytes",
         "started",
@@ -129,6 +131,8 @@ class TcpStream:
         self.gap_run = 0  # missing bytes not yet reported
         self.dup_bytes = 0  # retransmitted / overlapping bytes dropped
         self.before_start = 0  # bytes dropped because they precede the start
+        self.outq: list[bytes] | None = None  # fast-path bytes counted, not yet delivered
+        self.outq_ts = 0
 
     def seq_offset(self, seq: int) -> int:
         """Stream offset of sequence number ``seq`` (nearest to the next byte)."""
