@@ -11,9 +11,11 @@ COMMANDS: tuple[str, ...] = (
     "info",
     "contents",
     "backdoor",
+    "slice",
     "compress",
     "capture",
     "rotate",
     "status",
     "index",
+    "extract",
 )
