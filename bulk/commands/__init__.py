@@ -17,5 +17,4 @@ COMMANDS: tuple[str, ...] = (
     "rotate",
     "status",
     "index",
-    "extract",
 )
