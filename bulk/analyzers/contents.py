@@ -35,7 +35,6 @@ endpoints, start and end, bytes and gaps each way, and the file names.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from collections import OrderedDict
@@ -143,6 +142,8 @@ class ContentsAnalyzer(Analyzer[_Conn]):
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._dirty: dict[_Conn, None] = {}
         self._buffered = 0
+        self._iso_sec = -1
+        self._iso_prefix = ""
         self._chunk = cfg.chunk_bytes
         self._cap = cfg.buffer_bytes
         os.makedirs(cfg.outdir, exist_ok=True)
@@ -228,6 +229,7 @@ class ContentsAnalyzer(Analyzer[_Conn]):
 
     # ---- output ------------------------------------------------------------
     def _record(self, flow: Flow, st: _Conn, reason: str) -> dict[str, Any]:
+        """The summary of one connection (one line of contents.jsonl)."""
         streams = flow.streams
         mid = [s.midstream for s in streams] if streams is not None else [False, False]
         return {
@@ -237,8 +239,8 @@ class ContentsAnalyzer(Analyzer[_Conn]):
             "orig_p": flow.orig_p,
             "resp_h": flow.resp_h,
             "resp_p": flow.resp_p,
-            "start": iso_ns(flow.start_ns),
-            "end": iso_ns(flow.last_ns),
+            "start": self._iso(flow.start_ns),
+            "end": self._iso(flow.last_ns),
             "duration": round((flow.last_ns - flow.start_ns) / 1e9, 9),
             "orig_bytes": st.nbytes[0],
             "resp_bytes": st.nbytes[1],
@@ -256,21 +258,30 @@ class ContentsAnalyzer(Analyzer[_Conn]):
             "end_reason": reason,
         }
 
-    def _choose_names(self, st: _Conn) -> None:
-        """Pick the first suffix for which neither direction's file exists."""
+    def _iso(self, ns: int) -> str:
+        """ISO 8601 UTC with nine decimals (as ``bulk.summary.iso_ns``), cached per second."""
+        sec, frac = divmod(ns, 1_000_000_000)
+        if sec != self._iso_sec:
+            self._iso_sec = sec
+            self._iso_prefix = iso_ns(sec * 1_000_000_000)[:-11]  # type: ignore[index]
+        return f"{self._iso_prefix}.{frac:09d}Z"
+
+    def _set_names(self, st: _Conn, k: int) -> None:
         flow = st.flow
         assert flow is not None
         oh, rh = flow.orig_h, flow.resp_h
         op, rp = flow.orig_p, flow.resp_p
-        k = 1
-        while True:
-            n0 = stream_name(oh, op, rh, rp, k)
-            n1 = stream_name(rh, rp, oh, op, k)
-            if not self._exists(n0) and not self._exists(n1):
-                break
-            k += 1
         st.suffix = k
-        st.names = [n0, n1]
+        st.names = [stream_name(oh, op, rh, rp, k), stream_name(rh, rp, oh, op, k)]
+
+    def _free_suffix(self, st: _Conn, start: int) -> int:
+        """The first suffix >= ``start`` for which neither direction's file exists."""
+        k = start
+        while True:
+            self._set_names(st, k)
+            if not any(self._exists(n) for n in st.names if n is not None):
+                return k
+            k += 1
 
     def _exists(self, name: str) -> bool:
         try:
@@ -279,32 +290,64 @@ class ContentsAnalyzer(Analyzer[_Conn]):
             return False
         return True
 
-    def _fd(self, st: _Conn, d: int) -> int:
+    def _create(self, st: _Conn, d: int) -> int:
+        """Create direction ``d``'s file, choosing the suffix on the first file.
+
+        Files are created exclusively: an existing name means an earlier
+        connection of this 4-tuple took that suffix, so the next free one is
+        used (and the other direction's file, if already written, is renamed
+        to match). Usually this costs one open() and no lookups.
+        """
         if st.suffix == 0:
-            self._choose_names(st)
-        name = st.names[d]
-        assert name is not None
-        fds = self._fds
-        fd = fds.get(name)
-        if fd is not None:
-            fds.move_to_end(name)
-            return fd
-        flags = _OPEN_FLAGS
-        if not st.created[d]:
-            flags |= os.O_CREAT | os.O_EXCL
-        else:
-            flags |= os.O_CREAT
-        try:
-            fd = os.open(name, flags, _FILE_MODE, dir_fd=self._dirfd)
-        except OSError as exc:
-            if exc.errno == errno.EEXIST:
+            self._set_names(st, 1)
+        dirfd = self._dirfd
+        while True:
+            name = st.names[d]
+            assert name is not None
+            try:
+                return os.open(name, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, _FILE_MODE, dir_fd=dirfd)
+            except FileExistsError:
+                pass
+            except OSError as exc:
                 raise BulkError(
-                    f"{self.config.outdir}/{name} appeared while writing (another writer?)"
+                    f"cannot create {self.config.outdir}/{name}: {exc.strerror}"
                 ) from None
-            raise BulkError(f"cannot create {self.config.outdir}/{name}: {exc.strerror}") from None
+            other = st.names[d ^ 1]
+            assert other is not None
+            if not st.created[d ^ 1]:
+                self._free_suffix(st, st.suffix + 1)
+                continue
+            # The other direction already has a file under this suffix: move it.
+            fd = self._fds.pop(other, None)
+            if fd is not None:
+                os.close(fd)
+            self._free_suffix(st, st.suffix + 1)
+            moved = st.names[d ^ 1]
+            assert moved is not None
+            os.rename(other, moved, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+
+    def _fd(self, st: _Conn, d: int) -> int:
+        name = st.names[d]
+        fds = self._fds
+        if name is not None:
+            fd = fds.get(name)
+            if fd is not None:
+                fds.move_to_end(name)
+                return fd
         if not st.created[d]:
+            fd = self._create(st, d)
             st.created[d] = True
             self.files += 1
+            name = st.names[d]
+            assert name is not None
+        else:
+            assert name is not None
+            try:
+                fd = os.open(name, _OPEN_FLAGS | os.O_CREAT, _FILE_MODE, dir_fd=self._dirfd)
+            except OSError as exc:
+                raise BulkError(
+                    f"cannot reopen {self.config.outdir}/{name}: {exc.strerror}"
+                ) from None
         fds[name] = fd
         while len(fds) > self.config.max_open_files:
             _, old = fds.popitem(last=False)

@@ -58,6 +58,12 @@ from bulk.trace.source import iter_packets
 
 NS = 1_000_000_000
 
+# An index entry: the flow, the direction of packets with this key, and for TCP
+# the connection and the streams of that direction and of the other one.
+_Entry = tuple[
+    "Flow", int, "TcpConn | None", "TcpStream | None", "TcpStream | None"
+]
+
 # IPv4 (no options) + TCP header fields, unpacked where they lie: total length,
 # fragment word, src, dst, sport, dport, seq, ack, data offset, flags.
 _IP4_TCP = struct.Struct("!2xH2xH4x4s4sHHIIBB").unpack_from
@@ -141,12 +147,14 @@ class Flow:
         "__weakref__",
         "_hosts",
         "_table",
+        "_uid",
         "active",
         "alive",
         "closing",
         "ipver",
         "last_ns",
         "nswaps",
+        "number",
         "okey",
         "orig_addr",
         "orig_p",
@@ -160,16 +168,16 @@ class Flow:
         "start_ns",
         "states",
         "tcp",
-        "uid",
         "vlan",
         "wire_bytes",
     )
 
     def __init__(
-        self, table: FlowTable, uid: str, d: Decoded, orig_is_src: bool, role: str
+        self, table: FlowTable, number: int, d: Decoded, orig_is_src: bool, role: str
     ) -> None:
         self._table = table
-        self.uid = uid
+        self.number = number  # 1, 2, ... in order of creation
+        self._uid: str | None = None
         self.proto = d[3]
         self.ipver = d[2]
         if orig_is_src:
@@ -194,6 +202,13 @@ class Flow:
         self._hosts: tuple[str, str] | None = None
 
     # ---- read-only views -------------------------------------------------
+    @property
+    def uid(self) -> str:
+        """A Zeek-looking connection id, unique within the run (from ``number``)."""
+        if self._uid is None:
+            self._uid = make_uid(self.number)
+        return self._uid
+
     @property
     def orig_h(self) -> str:
         return self._host_text()[0]
@@ -259,7 +274,7 @@ class FlowTable:
         self._close_ns = int(cfg.close_delay_s * NS)
         self._sweep_ns = max(1, int(cfg.sweep_interval_s * NS))
         self._protocols = cfg.protocols
-        self._index: dict[tuple[bytes, bytes, int, int, int], tuple[Flow, int]] = {}
+        self._index: dict[tuple[bytes, bytes, int, int, int], _Entry] = {}
         self._lru: OrderedDict[Flow, None] = OrderedDict()
         self._closing: deque[tuple[int, Flow]] = deque()
         self._now = -(1 << 62)
@@ -352,7 +367,7 @@ class FlowTable:
         """
         process = self.process_decoded
         stats = self.stats
-        index = self._index
+        index: dict[Any, Any] = self._index  # untyped here: the hot loop unpacks entries
         lru_touch = self._lru.move_to_end
         pkt_mask = self._pkt_mask
         active_ns = self._active_ns
@@ -410,15 +425,12 @@ class FlowTable:
                             end = ip + 40 + plen6
                             hl = 40
                     if entry is not None and not flags & 7 and end <= off + caplen:
-                        flow, d = entry
-                        tcp = flow.tcp
+                        flow, d, tcp, s, p = entry
                         if (
                             tcp is not None
                             and not flow.active & pkt_mask
                             and not (active_ns and ts - flow.start_ns >= active_ns)
                         ):
-                            streams = tcp.streams
-                            s = streams[d]
                             dstart = ip + hl + ((doff >> 4) << 2)
                             plen = end - dstart
                             old = False
@@ -445,7 +457,6 @@ class FlowTable:
                                 tcp.npkts += 1
                                 s.flags |= flags
                                 if flags & 0x10:
-                                    p = streams[d ^ 1]
                                     pa = p.ack_seq
                                     if pa < 0 or 0 < ((ack - pa) & M32) < 0x80000000:
                                         p.ack_seq = ack
@@ -542,7 +553,8 @@ class FlowTable:
             flow = self._new_flow(d)
             direction = 0 if key == flow.okey else 1
         else:
-            flow, direction = entry
+            flow = entry[0]
+            direction = entry[1]
             if self._active_ns and ts - flow.start_ns >= self._active_ns:
                 self._end(flow, END_ACTIVE)
                 flow = self._new_flow(d)
@@ -592,9 +604,10 @@ class FlowTable:
                 orig_is_src = dport < sport
         self._nflows += 1
         self.stats.flows += 1
-        flow = Flow(self, make_uid(self._nflows), d, orig_is_src, role)
-        self._index[flow.okey] = (flow, 0)
-        self._index[flow.rkey] = (flow, 1)
+        flow = Flow(self, self._nflows, d, orig_is_src, role)
+        if proto == PROTO_TCP:
+            flow.tcp = TcpConn(flow, self, self.limits)
+        self._index_flow(flow)
         self._lru[flow] = None
         states = flow.states
         active = 0
@@ -604,13 +617,22 @@ class FlowTable:
             if st is not None:
                 active |= 1 << i
         flow.active = active
-        if proto == PROTO_TCP:
-            flow.tcp = TcpConn(flow, self, self.limits)
-            if not active & self._stream_mask:
-                flow.tcp.stop_collecting()
+        if flow.tcp is not None and not active & self._stream_mask:
+            flow.tcp.stop_collecting()
         if len(self._lru) > self.config.max_flows:
             self._end(next(iter(self._lru)), END_EVICTED)
         return flow
+
+    def _index_flow(self, flow: Flow) -> None:
+        """Index both directions: (flow, direction, tcp, own stream, peer stream)."""
+        tcp = flow.tcp
+        if tcp is None:
+            self._index[flow.okey] = (flow, 0, None, None, None)
+            self._index[flow.rkey] = (flow, 1, None, None, None)
+        else:
+            s0, s1 = tcp.streams
+            self._index[flow.okey] = (flow, 0, tcp, s0, s1)
+            self._index[flow.rkey] = (flow, 1, tcp, s1, s0)
 
     def _syn(
         self, flow: Flow, direction: int, d: Decoded, key: tuple[bytes, bytes, int, int, int]
@@ -661,11 +683,10 @@ class FlowTable:
         flow._hosts = None
         flow.role = evidence
         flow.nswaps += 1
-        if flow.alive:
-            self._index[flow.okey] = (flow, 0)
-            self._index[flow.rkey] = (flow, 1)
         if flow.tcp is not None:
             flow.tcp.swap()
+        if flow.alive:
+            self._index_flow(flow)
         for a, st in zip(self.analyzers, flow.states, strict=True):
             if st is not None:
                 a.on_roles_swapped(flow, st)
