@@ -141,3 +141,17 @@ def test_budget_that_cannot_be_met_keeps_the_open_file(small_fs: Path) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     assert survivors(small_fs) == [open_file.name]
     assert b"cannot be met" in proc.stdout
+
+
+def test_disk_full_while_compressing_keeps_the_original(small_fs: Path) -> None:
+    """No room for the compressed copy: the original stays, no temporary file is
+    left behind, the run says so and exits 1; retention still runs."""
+    big = small_fs / archive_name(1)
+    make_pcap(big, 9_000_000, seed=5, random_payload=1.0)  # 9 MB of 16: no room for a copy
+    data = big.read_bytes()
+    proc = run_bulk("compress", "--dir", small_fs, "--keep-days", "1000")
+    assert proc.returncode == 1
+    assert b"no space left" in proc.stdout
+    assert big.read_bytes() == data
+    assert survivors(small_fs) == [big.name]
+    assert [p.name for p in small_fs.iterdir() if p.name.startswith(".") and p.is_file()] == []
