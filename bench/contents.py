@@ -30,6 +30,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,13 +140,15 @@ def generate(path: Path, size_mb: int) -> tuple[int, int]:
 
 def measure(cmd: list[str]) -> tuple[float, int]:
     """Run ``cmd``; (wall seconds, peak RSS in KiB of that child)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if status != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({status}): {err}")
+    with tempfile.TemporaryFile() as errf:  # a pipe would block a chatty tool
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        if status != 0:
+            errf.seek(0)
+            err = errf.read()[-2000:].decode(errors="replace")
+            raise SystemExit(f"{' '.join(cmd)} failed ({status}): {err}")
     return wall, usage.ru_maxrss
 
 

@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-flows",
         type=int,
-        default=262_144,
+        default=65_536,
         metavar="N",
         help="connections tracked at once; the least recently used is ended first",
     )

@@ -60,13 +60,13 @@ NS = 1_000_000_000
 
 # An index entry: the flow, the direction of packets with this key, and for TCP
 # the connection and the streams of that direction and of the other one.
-_Entry = tuple[
-    "Flow", int, "TcpConn | None", "TcpStream | None", "TcpStream | None"
-]
+_Entry = tuple["Flow", int, "TcpConn | None", "TcpStream | None", "TcpStream | None"]
 
 # IPv4 (no options) + TCP header fields, unpacked where they lie: total length,
 # fragment word, src, dst, sport, dport, seq, ack, data offset, flags.
 _IP4_TCP = struct.Struct("!2xH2xH4x4s4sHHIIBB").unpack_from
+# Ethernet type, then the same IPv4+TCP fields plus version/IHL and protocol.
+_ETH_IP4_TCP = struct.Struct("!12xHBxH2xHxB2x4s4sHHIIBB").unpack_from
 # IPv6 + TCP: payload length, src, dst, sport, dport, seq, ack, data offset, flags.
 _IP6_TCP = struct.Struct("!4xH2x16s16sHHIIBB").unpack_from
 
@@ -103,7 +103,7 @@ class FlowConfig:
     idle_timeout_s: float = 300.0
     active_timeout_s: float = 0.0  # 0: never split a long flow
     close_delay_s: float = 5.0
-    max_flows: int = 262_144
+    max_flows: int = 65_536  # about 3 KiB each while open: ~200 MiB at the limit
     protocols: frozenset[int] | None = None  # IP protocols to track; None: all
     sweep_interval_s: float = 1.0
     max_pending_bytes: int = 1 << 20  # out-of-order bytes per direction
@@ -374,6 +374,7 @@ class FlowTable:
         deliver = self.stream_data
         nocoalesce = self._nocoalesce_mask
         ip4 = _IP4_TCP
+        eth4 = _ETH_IP4_TCP
         ip6 = _IP6_TCP
         lo = -(1 << 62) if start_ns is None else start_ns
         hi = 1 << 62 if end_ns is None else end_ns
@@ -397,14 +398,25 @@ class FlowTable:
                     if ts >= self._next_sweep:
                         self._sweep(ts)
                 if ether and caplen >= 54:
-                    t0 = buf[off + 12]
-                    t1 = buf[off + 13]
-                    ip = off + 14
-                    if t0 == 0x81 and t1 == 0 and caplen >= 58:  # one 802.1Q tag
-                        t0 = buf[off + 16]
-                        t1 = buf[off + 17]
-                        ip = off + 18
+                    et, vhl, tot, fragw, proto, src, dst, sport, dport, seq, ack, doff, flags = (
+                        eth4(buf, off)
+                    )
                     entry = None
+                    if et == 0x0800 and vhl == 0x45 and proto == 6:  # the common case
+                        if not fragw & 0x3FFF and tot >= 40:  # not a fragment
+                            ip = off + 14
+                            entry = index.get((src, dst, sport, dport, 6))
+                            end = ip + tot
+                            hl = 20
+                        t0 = t1 = 0
+                    else:
+                        t0 = et >> 8
+                        t1 = et & 0xFF
+                        ip = off + 14
+                        if et == 0x8100 and caplen >= 58:  # one 802.1Q tag
+                            t0 = buf[off + 16]
+                            t1 = buf[off + 17]
+                            ip = off + 18
                     if t0 == 8 and t1 == 0:  # IPv4 without options, not a fragment
                         if buf[ip] == 0x45 and buf[ip + 9] == 6 and not buf[ip + 6] & 0x3F:
                             tot, fragw, src, dst, sport, dport, seq, ack, doff, flags = ip4(buf, ip)
