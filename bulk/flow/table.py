@@ -453,10 +453,13 @@ class FlowTable:
                                     delta = -1
                             else:
                                 delta = -1
-                            if (
-                                plen == 0
-                                or old
-                                or (plen > 0 and delta == 0 and not s.pending and not s.gap_run)
+                            if plen == 0 or (
+                                plen > 0
+                                and (
+                                    not tcp.collect  # nobody wants the bytes: count only
+                                    or old
+                                    or (delta == 0 and not s.pending and not s.gap_run)
+                                )
                             ):
                                 # ---- fast path -----------------------------
                                 fast += 1

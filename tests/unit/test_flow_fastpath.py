@@ -102,6 +102,34 @@ def test_fast_path_equals_general_path(trace: Path, coalesce: bool) -> None:
     assert s1 == s2
 
 
+class FirstBytes(Collect):
+    """Done after the first 100 bytes of each direction (a cut-off analyzer)."""
+
+    def on_data(
+        self, flow: Flow, st: dict[str, Any], direction: int, data: bytes, ts_ns: int
+    ) -> bool:
+        super().on_data(flow, st, direction, data, ts_ns)
+        return len(st["data"][0]) + len(st["data"][1]) >= 100
+
+
+@pytest.mark.parametrize("trace", ["irc-dcc-send.pcapng", "zeek-http-get.pcap", "ssh-dups.pcap"])
+def test_cut_off_analyzer_same_on_both_paths(trace: str, tmp_path: Path) -> None:
+    src = TRACES[0].parent / trace
+    path = tmp_path / "t.pcap"
+    with open(path, "wb") as f:  # as classic pcap, so that run_traces takes the fast path
+        f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
+        for p in iter_packets([str(src)]):
+            sec, ns = divmod(p.ts_ns, 1_000_000_000)
+            f.write(struct.pack("<IIII", sec, ns, len(p.data), p.wirelen) + p.data)
+    general, fast = FirstBytes(False), FirstBytes(False)
+    t1 = FlowTable([general], FlowConfig())
+    t1.run(iter_packets([str(path)]))
+    t2 = FlowTable([fast], FlowConfig())
+    t2.run_traces([str(path)])
+    assert fast.out == general.out
+    assert t2.stats.fast_path > 0
+
+
 def write_pcap(path: Path, packets: list[Packet]) -> None:
     with open(path, "wb") as f:
         f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
