@@ -16,7 +16,8 @@
 # "pid","tap","run_dir","console"} once ssh answers.
 #
 # Environment: BULK_VM_MEM (MiB, 1536), BULK_VM_CPUS (2), BULK_VM_STORE_SIZE (1G),
-# BULK_VM_BOOT_TIMEOUT (seconds, 240), BULK_VM_ACCEL (auto|kvm|tcg).
+# BULK_VM_BOOT_TIMEOUT (seconds, 240), BULK_VM_ACCEL (auto|kvm|tcg),
+# BULK_VM_CPU (the -cpu model under TCG, max), BULK_VM_SSH_PORT (a free one).
 set -euo pipefail
 
 name=${1:?usage: boot.sh NAME RUN_DIR}
@@ -68,10 +69,14 @@ esac
 if [[ "$accel" == kvm ]]; then
   accel_args=(-accel kvm -cpu host)
 else
-  accel_args=(-accel tcg,thread=multi -cpu max)
+  accel_args=(-accel tcg,thread=multi -cpu "${BULK_VM_CPU:-max}")
 fi
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# BULK_VM_SSH_PORT pins the forwarded port (inventory/lab expects 2222).
+free_port() {
+  if [[ -n "${BULK_VM_SSH_PORT:-}" ]]; then echo "$BULK_VM_SSH_PORT"; return; fi
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
 started=""
 for attempt in 1 2 3; do

@@ -6,8 +6,9 @@
 #   bookworm-<hash>/initrd.img  small initramfs (virtio + ext4 modules only)
 #   bookworm-<hash>/root.qcow2  root filesystem (ext4, made with mke2fs -d:
 #                               no loop mount needed); runs use an overlay
-# <hash> is taken from this script, so editing it rebuilds the image; an
-# unchanged script reuses the cached one. Prints the image directory.
+# <hash> is taken from this script and the files it installs, so editing them
+# rebuilds the image; otherwise the cached one is reused. Prints the image
+# directory.
 #
 # The image pre-installs the packages the bulk_* roles install, only to save
 # time under emulation: the roles still install them on a real host.
@@ -17,7 +18,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${BULK_VM_CACHE:-$HOME/.cache/bulk-molecule}
-hash=$(sha256sum "$here/build-image.sh" | cut -c1-12)
+hash=$(cat "$here/build-image.sh" "$here/bulk_vm_zipcache.py" | sha256sum | cut -c1-12)
 out="$cache/bookworm-$hash"
 suite=bookworm
 root_size=4G
@@ -81,6 +82,7 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 
 log "debootstrap $suite from ${mirror:-debootstrap default} into $work"
 include=$(IFS=,; echo "${packages[*]}")
@@ -153,8 +155,9 @@ CONF
 mkdir -p "$rootfs/etc/systemd/journald.conf.d"
 printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n' >"$rootfs/etc/systemd/journald.conf.d/bulk-vm.conf"
 
-# The login user Ansible uses; its key comes per run on the kernel command
-# line (bulk_vm.ssh_key=<base64 of the public key line>), so the cached image
+# The login user Molecule uses (ansible, passwordless sudo) and root (for
+# inventory/lab) take the key given per run on the kernel command line
+# (bulk_vm.ssh_key=<base64 of the public key line>), so the cached image
 # holds no credential.
 in_root useradd --create-home --shell /bin/bash ansible
 echo 'ansible ALL=(ALL) NOPASSWD: ALL' >"$rootfs/etc/sudoers.d/ansible"
@@ -169,10 +172,13 @@ for word in $(cat /proc/cmdline); do
   esac
 done
 [ -n "${key:-}" ] || exit 0
-install -d -m 0700 -o ansible -g ansible /home/ansible/.ssh
-printf '%s\n' "$key" >/home/ansible/.ssh/authorized_keys
-chown ansible:ansible /home/ansible/.ssh/authorized_keys
-chmod 0600 /home/ansible/.ssh/authorized_keys
+for home in /home/ansible /root; do
+  owner=$(stat -c %U "$home")
+  install -d -m 0700 -o "$owner" -g "$owner" "$home/.ssh"
+  printf '%s\n' "$key" >"$home/.ssh/authorized_keys"
+  chown "$owner:$owner" "$home/.ssh/authorized_keys"
+  chmod 0600 "$home/.ssh/authorized_keys"
+done
 SH
 chmod 0755 "$rootfs/usr/local/sbin/bulk-vm-ssh-key"
 cat >"$rootfs/etc/systemd/system/bulk-vm-ssh-key.service" <<'UNIT'
@@ -189,9 +195,17 @@ WantedBy=multi-user.target
 UNIT
 cat >"$rootfs/etc/ssh/sshd_config.d/bulk-vm.conf" <<'CONF'
 PasswordAuthentication no
-PermitRootLogin no
+PermitRootLogin prohibit-password
 UseDNS no
 CONF
+
+# Ansible runs each task from a zip payload whose code Python never caches:
+# under emulation recompiling ansible.module_utils costs seconds per task.
+# A .pth hook in the system Python (not in the roles' virtualenv) keeps the
+# compiled code (scripts/vm/bulk_vm_zipcache.py explains it).
+install -m 0644 "$here/bulk_vm_zipcache.py" "$rootfs/usr/lib/python3/dist-packages/bulk_vm_zipcache.py"
+echo 'import bulk_vm_zipcache' >"$rootfs/usr/lib/python3/dist-packages/zz-bulk-vm-zipcache.pth"
+install -d -m 1777 "$rootfs/var/cache/bulk-vm-zipcache"
 
 in_root systemctl enable systemd-networkd.service bulk-vm-ssh-key.service >/dev/null 2>&1
 in_root systemctl set-default multi-user.target >/dev/null 2>&1
