@@ -214,7 +214,7 @@ class SeekableWriter:
         self.level = level
         self._fn = _zstd_frame if fmt == "zstd" else _gzip_member
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bulk-compress")
-        self._depth = max(2, 2 * threads)
+        self._depth = 4 * max(1, threads) + 2  # frames in flight: workers keep busy
         self._pending: deque[tuple[Future[bytes], int, FrameStats]] = deque()
         self._frames: list[Frame] = []
         self._seek: list[tuple[int, int, int]] = []
