@@ -28,10 +28,11 @@ that 'bulk slice' and 'bulk extract' can seek inside compressed traces, while
 becomes X.pcap.zst (or X.pcap.gz) with the same times and mode.
 
 Crash-safe: the compressed copy is written under a hidden temporary name,
-fsynced, verified against the original (packet counts and CRC-32 of the
-decompressed bytes), renamed, recorded in the catalogue, and only then is the
-original deleted. The next run finishes or cleans up a run that was killed.
-Two runs on one archive never collide (a lock in DIR/.bulk).
+fsynced, verified against the original (every frame decompressed, with its
+checksum, and compared byte for byte; packet counts), renamed, recorded in the
+catalogue, and only then is the original deleted. The next run finishes or
+cleans up a run that was killed. Two runs on one archive never collide (a
+lock in DIR/.bulk).
 
 Retention, in the same run, after compression:
   --keep-days N     delete traces whose newest packet is more than N days old
