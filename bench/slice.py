@@ -14,8 +14,10 @@ zstd, 4 MiB frames). Then, in the same run, with a warm page cache, the best of
 
 and checks that all four outputs hold the same records. Bytes read are bulk's
 own count (--stats: probes, frames and the window itself) over the input size.
-It also times `bulk slice --show-window` on the same file: the fixed cost of
-starting Python and the CLI, which dominates small windows.
+It also times `bulk slice --show-window` on the same file (the fixed cost of
+starting Python and the CLI, which imports every command), and the slice
+command run alone through its module (`alone`, `alone-zst`): what `bulk slice`
+costs once the CLI loads only the command it runs.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ warn; ``scan_all`` reads every packet instead (exact for unordered files).
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -320,10 +321,14 @@ class IndexedSource(Source):
     def _frame(self, k: int) -> bytes:
         data = self._frames.get(k)
         if data is None:
-            data = self.st.read_frame(k)
-            self._read += self.st.frames[k].comp_size
+            data = _decode_frame(self.st, k, self._compressed(k))
             self._frames = {k: data}  # keep one: frames are read in order
         return data
+
+    def _compressed(self, k: int) -> bytes:
+        comp = self.st.read_compressed(k)
+        self._read += len(comp)
+        return comp
 
     def _candidates(self, window: Window) -> list[int]:
         end = None if window.end_ns is None else window.end_ns + 1
@@ -342,23 +347,30 @@ class IndexedSource(Source):
 
     def _decoded(self, window: Window) -> Iterator[tuple[int, bytes, int]]:
         """(frame, bytes, offset of its first record) for the candidate frames, in
-        order; runs of frames are decompressed ahead on a second thread."""
+        order. Frames are read here and decompressed up to three ahead on two
+        threads (zstd and zlib release the GIL), overlapping the caller's writing."""
+        from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415
+
         ks = self._candidates(window)
-        runs: list[tuple[int, int]] = []
-        for k in ks:
-            if runs and runs[-1][1] == k:
-                runs[-1] = (runs[-1][0], k + 1)
-            else:
-                runs.append((k, k + 1))
-        for i, j in runs:
-            if j - i < 3:
-                for k in range(i, j):
-                    data, pos = self._body(k)
-                    yield k, data, pos
-                continue
-            for k, data in zip(range(i, j), self.st.iter_frames(i, j, threads=2), strict=True):
-                self._read += self.st.frames[k].comp_size
-                yield k, data, (self.st.layout.header_len if k == 0 else 0)
+        if ks and ks[0] in self._frames:  # frame 0, decoded for the file header
+            data, pos = self._body(ks[0])
+            yield ks[0], data, pos
+            ks = ks[1:]
+        if not ks:
+            return
+        with ThreadPoolExecutor(2, thread_name_prefix="bulk-slice") as pool:
+            ahead: deque[tuple[int, Future[bytes]]] = deque()
+            it = iter(ks)
+            while True:
+                while len(ahead) < 3:
+                    k = next(it, -1)
+                    if k < 0:
+                        break
+                    ahead.append((k, pool.submit(_decode_frame, self.st, k, self._compressed(k))))
+                if not ahead:
+                    return
+                k, fut = ahead.popleft()
+                yield k, fut.result(), (self.st.layout.header_len if k == 0 else 0)
 
     def raw_pieces(self, window: Window) -> Iterator[bytes]:
         """The window's record bytes, in file order (pcap only)."""
@@ -422,6 +434,32 @@ class IndexedSource(Source):
 
     def close(self) -> None:
         self.st.close()
+
+
+def _decode_frame(st: SeekableTrace, k: int, comp: bytes) -> bytes:
+    """Decompress frame ``k``. Both formats check their own checksum as they
+    decode (zstd frames carry XXH64, gzip members CRC-32), so the index's extra
+    CRC-32 is left to ``bulk compress``'s verification."""
+    import zlib  # noqa: PLC0415
+
+    import zstandard  # noqa: PLC0415
+
+    f = st.frames[k]
+    try:
+        if st.compression == "zstd":
+            data = zstandard.ZstdDecompressor().decompress(comp, max_output_size=f.decomp_size)
+        else:
+            d = zlib.decompressobj(31)
+            data = d.decompress(comp) + d.flush()
+    except (zstandard.ZstdError, zlib.error) as exc:
+        raise TraceError(st.path, f.comp_offset, f"frame {k} corrupt: {exc}") from None
+    if len(data) != f.decomp_size:
+        raise TraceError(
+            st.path,
+            f.comp_offset,
+            f"frame {k} holds {len(data)} bytes, the index says {f.decomp_size}",
+        )
+    return data
 
 
 def _deferring(stream: Iterator[Packet], source: StreamSource) -> Iterator[Packet]:
