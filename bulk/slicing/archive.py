@@ -13,21 +13,27 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bulk.errors import ArchiveError
 from bulk.slicing import slicer
-from bulk.slicing.sources import Source, open_source
+from bulk.slicing.sources import SeekablePcap, Segment, Source, open_source
 from bulk.timespec import TimeWindow
+
+if TYPE_CHECKING:
+    from bulk.archive.scan import IndexEntry
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A trace of the archive with its time range (None: unknown until opened)."""
+    """A trace of the archive with its time range (None: unknown until opened)
+    and, for an indexed uncompressed file, its time index as segments."""
 
     path: str
     first_ns: int | None
     last_ns: int | None
     empty: bool = False
+    segments: tuple[Segment, ...] = ()
 
 
 def catalogued(directory: str, paths: Sequence[str]) -> list[Candidate] | None:
@@ -37,19 +43,43 @@ def catalogued(directory: str, paths: Sequence[str]) -> list[Candidate] | None:
 
     if not os.path.exists(catalogue_path(directory)):
         return None
+    out = []
     try:
         with Catalogue.open(directory, create=False) as cat:
             records = {cat.path_of(r): r for r in cat.files()}
+            for path in paths:
+                rec = records.get(path)
+                if rec is None or rec.state == "open" or rec.first_ns is None:
+                    out.append(Candidate(path, None, None))
+                    continue
+                if rec.last_ns is None:
+                    out.append(Candidate(path, None, None))
+                    continue
+                segments: tuple[Segment, ...] = ()
+                if rec.indexed and rec.compression is None and rec.size == _size(path):
+                    segments = _segments(cat.time_index(rec.name), rec.raw_size)
+                out.append(Candidate(path, rec.first_ns, rec.last_ns, rec.packets == 0, segments))
     except ArchiveError:
         return None
-    out = []
-    for path in paths:
-        rec = records.get(path)
-        if rec is None or rec.state == "open" or rec.first_ns is None or rec.last_ns is None:
-            out.append(Candidate(path, None, None, empty=False))
-        else:
-            out.append(Candidate(path, rec.first_ns, rec.last_ns, empty=rec.packets == 0))
     return out
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
+
+
+def _segments(entries: Sequence[IndexEntry], end: int | None) -> tuple[Segment, ...]:
+    """The catalogue's sparse time index as consecutive byte segments."""
+    if not entries or end is None:
+        return ()
+    out = []
+    for i, e in enumerate(entries):
+        stop = entries[i + 1].offset if i + 1 < len(entries) else end
+        out.append(Segment(e.offset, stop, e.min_ns, e.max_ns))
+    return tuple(out)
 
 
 def plan_archive(
@@ -94,7 +124,10 @@ def plan_archive(
             if c.empty or not _meets(c, window):
                 skipped += 1
                 continue
-            sources.append(open_source(c.path))
+            source = open_source(c.path)
+            sources.append(source)
+            if c.segments and isinstance(source, SeekablePcap):
+                source.use_segments(list(c.segments))
     except BaseException:
         slicer.close_all([*opened.values(), *sources])
         raise

@@ -64,7 +64,7 @@ class SliceSink:
             return
         self._drain()
         fd = getattr(source.src, "fd", -1)
-        if getattr(source.src, "sendfile_ok", True) and fd >= 0 and source.kind == "pcap":
+        if fd >= 0 and source.kind == "pcap":
             self.out.flush()
             if self._sendfile(fd, a, b):
                 source.src.bytes_read += b - a

@@ -184,10 +184,19 @@ def write_slice(
             and only.fmt is not None
             and only.fmt.compatible(fmt)
         ):
-            a, b = only.byte_range(win)
-            sink.copy_range(only, a, b)
+            if only.segments is not None:
+                for piece in only.pieces(win):
+                    if isinstance(piece, tuple):
+                        sink.copy_range(only, piece[0], piece[1])
+                        report.bytes_copied += piece[1] - piece[0]
+                    else:
+                        sink.write_raw(piece)
+                        report.bytes_copied += len(piece)
+            else:
+                a, b = only.byte_range(win)
+                sink.copy_range(only, a, b)
+                report.bytes_copied += b - a
             report.ranges_copied += 1
-            report.bytes_copied += b - a
             continue
         if (
             len(group) == 1

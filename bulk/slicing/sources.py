@@ -24,11 +24,12 @@ warn; ``scan_all`` reads every packet instead (exact for unordered files).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from bulk.errors import TraceError
 from bulk.slicing.pcapfile import (
@@ -53,6 +54,15 @@ RawRecord = tuple[int, int, bytes]  # ts_ns, wirelen, data
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIPPABLE_LOW = 0x184D2A50
+
+
+class Segment(NamedTuple):
+    """Bytes [offset, end) of a pcap holding whole records with times in [min, max]."""
+
+    offset: int
+    end: int
+    min_ns: int
+    max_ns: int
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,65 @@ class SeekablePcap(Source):
         self.last_ns = self.pf.last.ts_ns if self.pf.last else None
         self.backwards = 0
         self.packets = 0
+        self.segments: list[Segment] | None = None
+
+    def use_segments(self, segments: list[Segment]) -> bool:
+        """Adopt a time index (the catalogue's): consecutive byte segments with the
+        lowest and highest time of their records. Slicing is then exact whatever
+        the order of the packets. False (and ignored) if it does not fit the file."""
+        pf = self.pf
+        if (
+            not segments
+            or segments[0].offset != FILE_HEADER_LEN
+            or segments[-1].end != pf.data_end
+            or any(a.end != b.offset for a, b in itertools.pairwise(segments))
+        ):
+            return False
+        self.segments = segments
+        self.first_ns = min(seg.min_ns for seg in segments)
+        self.last_ns = max(seg.max_ns for seg in segments)
+        return True
+
+    def pieces(self, window: Window) -> Iterator[tuple[int, int] | bytes]:
+        """With segments: byte ranges of the segments wholly inside the window, and
+        the in-window record bytes of the segments at its edges, in file order."""
+        assert self.segments is not None
+        start, end = window.start_ns, window.end_ns
+        run: tuple[int, int] | None = None
+        for seg in self.segments:
+            if (end is not None and seg.min_ns > end) or (start is not None and seg.max_ns < start):
+                continue
+            if (start is None or seg.min_ns >= start) and (end is None or seg.max_ns <= end):
+                if run is not None and run[1] == seg.offset:
+                    run = (run[0], seg.end)  # adjacent: one longer range
+                else:
+                    if run is not None:
+                        yield run
+                    run = (seg.offset, seg.end)
+                continue
+            if run is not None:
+                yield run
+                run = None
+            yield from self._filtered(seg, window)
+        if run is not None:
+            yield run
+
+    def _filtered(self, seg: Segment, window: Window) -> Iterator[bytes]:
+        assert self.fmt is not None
+        data = self.src.read(seg.offset, seg.end - seg.offset)
+        start, end = window.start_ns, window.end_ns
+        span = -1
+        pos = 0
+        for off, ts, caplen, _w in iter_buffer(data, 0, self.fmt):
+            inside = (start is None or ts >= start) and (end is None or ts <= end)
+            if inside and span < 0:
+                span = off
+            elif not inside and span >= 0:
+                yield data[span:off]
+                span = -1
+            pos = off + RECORD_HEADER_LEN + caplen
+        if span >= 0:
+            yield data[span:pos]
 
     @property
     def bytes_read(self) -> int:
@@ -134,6 +203,9 @@ class SeekablePcap(Source):
         return a, max(a, b)
 
     def records(self, window: Window, scan_all: bool = False) -> Iterator[RawRecord]:
+        if self.segments is not None and not scan_all:
+            yield from self._segment_records(window)
+            return
         pf = self.pf
         if scan_all or pf.first is None:
             a, b, stop = FILE_HEADER_LEN, pf.data_end, False
@@ -156,6 +228,21 @@ class SeekablePcap(Source):
                 continue
             self.packets += 1
             yield ts, wirelen, data
+
+    def _segment_records(self, window: Window) -> Iterator[RawRecord]:
+        assert self.fmt is not None
+        fmt = self.fmt
+        for piece in self.pieces(window):
+            if isinstance(piece, tuple):
+                a, b = piece
+                for ts, wirelen, data in self.pf.packets(a, b):
+                    self.packets += 1
+                    yield ts, wirelen, data
+                continue
+            for off, ts, caplen, wirelen in iter_buffer(piece, 0, fmt):
+                self.packets += 1
+                j = off + RECORD_HEADER_LEN
+                yield ts, wirelen, piece[j : j + caplen]
 
     def chunks(self, a: int, b: int) -> Iterator[bytes]:
         """The raw bytes [a, b) in pieces (for a source that is not a plain file)."""
