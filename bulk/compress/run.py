@@ -112,8 +112,15 @@ def run(options: RunOptions, log: Log) -> RunReport:
     if not os.path.isdir(directory):
         raise UsageError(f"{directory}: not a directory")
     report = RunReport(directory, options.dry_run)
-    lock_fd = lock_run(directory)
-    if lock_fd is None:
+    try:
+        lock_fd = lock_run(directory)
+    except ArchiveError as exc:
+        if not options.dry_run:
+            raise
+        lock_fd = None  # a dry run only reads: a read-only archive is fine
+        report.warnings.append(str(exc))
+        log(f"warning: {exc}")
+    if lock_fd is None and not report.warnings:
         msg = f"another bulk compress is running on {directory} (it holds .bulk/compress.lock)"
         if not options.dry_run:
             report.locked_out = True
