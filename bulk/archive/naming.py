@@ -21,6 +21,7 @@ leaves both names on one inode; ``finalise`` and the startup repair recognise it
 from __future__ import annotations
 
 import calendar
+import contextlib
 import errno
 import os
 import re
@@ -197,7 +198,8 @@ def finalise(open_path: str) -> str:
         os.rename(open_path, final_path)
         fsync_dir(os.path.dirname(final_path) or ".")
         return final_path
-    os.unlink(open_path)
+    with contextlib.suppress(FileNotFoundError):  # another process finished the job
+        os.unlink(open_path)
     fsync_dir(os.path.dirname(final_path) or ".")
     return final_path
 

@@ -50,6 +50,9 @@ def repair_open_file(open_path: str, linktype: int, snaplen: int) -> Repaired:
     if not open_path.endswith(OPEN_SUFFIX):
         raise ArchiveError(f"{open_path}: not an open trace (no {OPEN_SUFFIX} suffix)")
     final_path = open_path[: -len(OPEN_SUFFIX)]
+    if not os.path.exists(open_path) and os.path.exists(final_path):
+        # Finalised meanwhile (by the archiver of the capture that crashed).
+        return Repaired(open_path, final_path, scan_trace(final_path), 0, False)
     if os.path.exists(final_path) and os.path.samefile(open_path, final_path):
         # A crash between link and unlink: the file was already whole and final.
         os.unlink(open_path)

@@ -1,20 +1,29 @@
-"""The capture's background thread: finalise, catalogue, index and repair files.
+"""The capture's archiver process: finalise, catalogue, index and repair files.
 
-Nothing here may stall the capture loop: fsync of a large file, a catalogue
-locked by another process (busy timeout), or the scan that builds a file's
-time index all run in this thread, at a lower CPU priority, while the loop
-keeps draining the kernel ring. A catalogue failure is logged and never stops
-the capture: the files are the archive, the catalogue can be rebuilt.
+Nothing here may stall the capture loop: the fsync of a large file, a
+catalogue locked by another process (busy timeout), the scan that builds a
+file's time index. So they run in a separate process, forked before the
+capture handle is opened, at a lower CPU priority, fed job lines through a
+pipe. A process rather than a thread: a thread would hold the GIL while the
+capture loop needs it, and its lower priority would then slow the capture
+too. A catalogue failure is logged and never stops anything: the files are
+the archive, the catalogue can be rebuilt.
+
+The archiver ignores SIGINT, SIGTERM and SIGHUP; it ends when the capture
+closes the pipe and the jobs already sent are done. If the capture dies, the
+pipe closes too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import logging
 import os
-import queue
-import threading
-from dataclasses import dataclass
+import signal
+import time
+from collections.abc import Callable
 from typing import Any
 
 from bulk.archive.catalogue import Catalogue, FileRecord
@@ -26,140 +35,201 @@ from bulk.errors import BulkError
 
 log = logging.getLogger("bulk.capture")
 _NICE = 10
-
-
-@dataclass(frozen=True)
-class _Opened:
-    opened: OpenedFile
-    linktype: int
-    snaplen: int
-
-
-@dataclass(frozen=True)
-class _First:
-    opened: OpenedFile
-    first_ns: int
-
-
-@dataclass(frozen=True)
-class _Repair:
-    path: str
-    linktype: int
-    snaplen: int
+_F_SETPIPE_SZ = 1031
+_PIPE_SIZE = 1 << 20
+STOP_TIMEOUT_S = 60.0
 
 
 class Archiver:
-    """Runs jobs in order in one thread. ``stop()`` finishes the queue, then returns."""
+    """The capture side: sends jobs to the archiver process, in order."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, index: bool = True) -> None:
         self.directory = directory
-        self._queue: queue.Queue[object] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="bulk-archiver", daemon=True)
-        self._cat: Catalogue | None = None
-        self._cat_failed = False
-        self.finalised: list[str] = []  # final paths, in order (read by tests and status)
-        self.errors = 0
+        self.index = index
+        self._w: int | None = None
+        self.pid: int | None = None
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, after_fork: Callable[[], None] | None = None) -> None:
+        """Fork the archiver process (before the capture opens its handle).
+
+        ``after_fork`` runs in the child first (to drop inherited descriptors).
+        """
+        r, w = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_SIZE)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(w)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_IGN)
+                if after_fork is not None:
+                    after_fork()
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, 0, _NICE)
+                _Jobs(self.directory, self.index).serve(r)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(r)
+        self._w, self.pid = w, pid
+
+    def _send(self, kind: str, **job: Any) -> None:
+        if self._w is None:
+            raise RuntimeError("archiver not started")
+        line = json.dumps({"kind": kind, **job}) + "\n"
+        try:
+            os.write(self._w, line.encode())
+        except BrokenPipeError:
+            log.error("archiver process gone: %s left for the next start", job.get("path"))
 
     def opened(self, opened: OpenedFile, linktype: int, snaplen: int) -> None:
-        self._queue.put(_Opened(opened, linktype, snaplen))
+        n = opened.name
+        self._send(
+            "opened",
+            path=opened.path,
+            interface=n.interface,
+            worker=n.worker,
+            seq=n.seq,
+            opened_ns=opened.opened_ns,
+            linktype=linktype,
+            snaplen=snaplen,
+        )
 
     def first_packet(self, opened: OpenedFile, first_ns: int) -> None:
-        self._queue.put(_First(opened, first_ns))
+        self._send("first", path=opened.path, first_ns=first_ns)
 
-    def closed(self, closed: ClosedFile) -> None:
-        self._queue.put(closed)
-
-    def repair(self, path: str, linktype: int, snaplen: int) -> None:
-        self._queue.put(_Repair(path, linktype, snaplen))
-
-    def pending(self) -> int:
-        return self._queue.qsize()
-
-    def stop(self, timeout: float | None = None) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout)
-
-    # -- the thread ------------------------------------------------------------
-
-    def _run(self) -> None:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)
-        try:
-            while True:
-                job = self._queue.get()
-                if job is None:
-                    return
-                try:
-                    self._do(job)
-                except BulkError as exc:
-                    self.errors += 1
-                    log.error("%s", exc)
-                except OSError as exc:
-                    self.errors += 1
-                    log.error("%s: %s", getattr(exc, "filename", None) or "archive", exc.strerror)
-        finally:
-            if self._cat is not None:
-                self._cat.close()
-
-    def _do(self, job: object) -> None:
-        if isinstance(job, _Opened):
-            o = job.opened
-            self._catalogue(
-                "add_file",
-                FileRecord(
-                    name=os.path.basename(o.path),
-                    state="open",
-                    interface=o.name.interface,
-                    worker=o.name.worker,
-                    seq=o.name.seq,
-                    linktype=job.linktype,
-                    snaplen=job.snaplen,
-                    opened_ns=o.opened_ns,
-                ),
-            )
-        elif isinstance(job, _First):
-            self._catalogue("update_file", os.path.basename(job.opened.path), first_ns=job.first_ns)
-        elif isinstance(job, ClosedFile):
-            self._finish(job)
-        elif isinstance(job, _Repair):
-            self._repair(job)
-
-    def _finish(self, c: ClosedFile) -> None:
-        final = finalise(c.opened.path)
-        self.finalised.append(final)
-        name = os.path.basename(final)
-        scan = scan_trace(final)
-        if scan.packets != c.packets:
-            log.warning(
-                "%s: the capture counted %d packets, the file holds %d",
-                name,
-                c.packets,
-                scan.packets,
-            )
-        self._record(
-            os.path.basename(c.opened.path),
-            scan,
-            name=name,
-            state="closed",
+    def closed(self, c: ClosedFile) -> None:
+        self._send(
+            "closed",
+            path=c.opened.path,
+            packets=c.packets,
+            bytes=c.bytes,
             size=c.size,
+            first_ns=c.first_ns,
             drops=c.drops,
             ifdrops=c.ifdrops,
             closed_ns=c.closed_ns,
         )
 
-    def _repair(self, job: _Repair) -> None:
-        done = repair_open_file(job.path, job.linktype, job.snaplen)
-        self.finalised.append(done.final_path)
+    def repair(self, path: str, linktype: int, snaplen: int) -> None:
+        self._send("repair", path=path, linktype=linktype, snaplen=snaplen)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Close the pipe and wait (bounded) for the jobs sent to be done."""
+        if self._w is not None:
+            os.close(self._w)
+            self._w = None
+        if self.pid is None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                done, _status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            if time.monotonic() > deadline:
+                log.warning("archiver (pid %d) still busy; left to finish alone", self.pid)
+                break
+            time.sleep(0.02)
+        self.pid = None
+
+
+class _Jobs:
+    """The archiver process: runs job lines in order."""
+
+    def __init__(self, directory: str, index: bool) -> None:
+        self.directory = directory
+        self.index = index
+        self._cat: Catalogue | None = None
+        self._cat_failed = False
+
+    def serve(self, fd: int) -> None:
+        try:
+            with os.fdopen(fd, "rb") as pipe:
+                for line in pipe:
+                    try:
+                        self._do(json.loads(line))
+                    except BulkError as exc:
+                        log.error("%s", exc)
+                    except OSError as exc:
+                        where = exc.filename or "archive"
+                        log.error("%s: %s", where, exc.strerror)
+        finally:
+            if self._cat is not None:
+                self._cat.close()
+
+    def _do(self, job: dict[str, Any]) -> None:
+        kind = job["kind"]
+        name = os.path.basename(job["path"])
+        if kind == "opened":
+            self._catalogue(
+                "add_file",
+                FileRecord(
+                    name=name,
+                    state="open",
+                    interface=job["interface"],
+                    worker=job["worker"],
+                    seq=job["seq"],
+                    linktype=job["linktype"],
+                    snaplen=job["snaplen"],
+                    opened_ns=job["opened_ns"],
+                ),
+            )
+        elif kind == "first":
+            self._catalogue("update_file", name, first_ns=job["first_ns"])
+        elif kind == "closed":
+            self._finish(job)
+        elif kind == "repair":
+            self._repair(job)
+        else:
+            log.error("archiver: unknown job %r", kind)
+
+    def _finish(self, job: dict[str, Any]) -> None:
+        final = finalise(job["path"])
+        name = os.path.basename(final)
+        open_name = os.path.basename(job["path"])
+        fields: dict[str, Any] = {
+            "name": name,
+            "state": "closed",
+            "size": job["size"],
+            "drops": job["drops"],
+            "ifdrops": job["ifdrops"],
+            "closed_ns": job["closed_ns"],
+        }
+        if not self.index:
+            # The capture's own counts; the time range and index wait for 'bulk index'.
+            fields.update(
+                packets=job["packets"],
+                bytes=job["bytes"],
+                raw_size=job["size"],
+                first_ns=job["first_ns"],
+            )
+            if self._catalogue("get", open_name) is not None:
+                self._catalogue("update_file", open_name, **fields)
+            return
+        scan = scan_trace(final)
+        if scan.packets != job["packets"]:
+            log.warning(
+                "%s: the capture counted %d packets, the file holds %d",
+                name,
+                job["packets"],
+                scan.packets,
+            )
+        self._record(open_name, scan, **fields)
+
+    def _repair(self, job: dict[str, Any]) -> None:
+        done = repair_open_file(job["path"], job["linktype"], job["snaplen"])
         log.warning("%s", done.describe())
         try:
             closed_ns: int | None = int(os.stat(done.final_path).st_mtime * 1e9)
         except OSError:
             closed_ns = None
         self._record(
-            os.path.basename(job.path),
+            os.path.basename(job["path"]),
             done.scan,
             name=os.path.basename(done.final_path),
             state="closed",
@@ -188,6 +258,5 @@ class Archiver:
         try:
             return getattr(cat, method)(*args, **kwargs)
         except BulkError as exc:
-            self.errors += 1
             log.error("catalogue: %s", exc)
             return None

@@ -30,6 +30,7 @@ class CaptureOptions:
     promisc: bool = True
     bpf: str | None = None
     workers: int = 1
+    index: bool = True
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     state_interval: float = DEFAULT_STATE_INTERVAL
 
@@ -55,7 +56,7 @@ def resolve_options(cli: Mapping[str, Any], config: Config) -> CaptureOptions:
     """Options from the command line (None = not given) over ``[capture]`` over defaults.
 
     ``cli`` keys: interface, dir, rotate_seconds, rotate_bytes, align, snaplen,
-    buffer, filter, workers, promisc (the option names, as in bulk.toml).
+    buffer, filter, workers, promisc, index (the option names, as in bulk.toml).
     """
 
     def pick(key: str, default: Any = None) -> Any:
@@ -77,6 +78,7 @@ def resolve_options(cli: Mapping[str, Any], config: Config) -> CaptureOptions:
         promisc=bool(pick("promisc", True)),
         bpf=str(bpf) if bpf else None,
         workers=_int(pick("workers", 1), "workers"),
+        index=bool(pick("index", True)),
     )
     opts.check()
     return opts

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import threading
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from bulk.archive.naming import state_dir
 
 STATE_PREFIX = "capture-"
+log = logging.getLogger("bulk.capture")
 
 
 @dataclass(frozen=True)
@@ -93,3 +96,48 @@ def remove_states(directory: str, interface: str) -> None:
     for state in worker_states(directory, interface):
         with contextlib.suppress(OSError):
             os.unlink(state_path(directory, interface, state.worker))
+
+
+class StateWriter:
+    """Writes the latest state from a thread of its own.
+
+    Replacing a file needs the file system's journal, which can stall for a
+    long moment while a lot of trace data is being written out; the capture
+    loop hands the state over and goes on draining the ring. Only the newest
+    state is kept.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._cond = threading.Condition()
+        self._pending: LiveState | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="bulk-state", daemon=True)
+        self._thread.start()
+
+    def submit(self, state: LiveState) -> None:
+        with self._cond:
+            self._pending = state
+            self._cond.notify()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is pending, then stop."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closing:
+                    self._cond.wait()
+                state, self._pending = self._pending, None
+                closing = self._closing
+            if state is not None:
+                try:
+                    write_state(self.directory, state)
+                except OSError as exc:
+                    log.warning("cannot write the live state: %s", exc.strerror)
+            if closing and state is None:
+                return

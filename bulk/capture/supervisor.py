@@ -73,9 +73,14 @@ def run_capture(opts: CaptureOptions) -> int:
         stale = stale_open_files(opts.directory, opts.interface)
         remove_states(opts.directory, opts.interface)
         if opts.workers == 1:
-            handle = open_live(opts)
-            _log_start(opts)
-            run_worker(opts, handle, 0, repair=stale)
+            archiver = Archiver(opts.directory, index=opts.index)
+            archiver.start(after_fork=pidfile.close_in_child)
+            try:
+                handle = open_live(opts)
+                _log_start(opts)
+                run_worker(opts, handle, 0, archiver=archiver, repair=stale)
+            finally:
+                archiver.stop()
         else:
             _run_fanout(opts, pidfile, stale)
     finally:
@@ -143,8 +148,8 @@ def _run_fanout(opts: CaptureOptions, pidfile: PidFile, stale: list[str]) -> Non
         else:
             _log_start(opts)
         if failure is None and not fan.stopping and stale:
-            archiver = Archiver(opts.directory)  # a thread: no fork after this point
-            archiver.start()
+            archiver = Archiver(opts.directory, index=opts.index)
+            archiver.start(after_fork=pidfile.close_in_child)
             for path in stale:
                 archiver.repair(path, linktype, opts.snaplen)
             archiver.stop()
@@ -220,14 +225,18 @@ def _worker_main(
         os.close(wfd)
         reported = True
 
+    archiver = Archiver(opts.directory, index=opts.index)
+    archiver.start(after_fork=lambda: os.close(wfd))
     try:
         handle = open_live(opts)
         joined = join_fanout(handle, group)
-        run_worker(opts, handle, k, repair=[], joined_ns=joined, ready=ready)
+        run_worker(opts, handle, k, archiver=archiver, repair=[], joined_ns=joined, ready=ready)
     except BulkError as exc:
         if not reported:
             os.write(wfd, f"E{exc.exit_status} {exc}\n".encode())
         else:
             log.error("worker %d: %s", k, exc)
         return exc.exit_status
+    finally:
+        archiver.stop()
     return 0

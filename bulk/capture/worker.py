@@ -26,7 +26,7 @@ from bulk.archive.naming import highest_seq
 from bulk.capture.archiver import Archiver
 from bulk.capture.options import CaptureOptions
 from bulk.capture.series import ClosedFile, Series
-from bulk.capture.state import LiveState, write_state
+from bulk.capture.state import LiveState, StateWriter
 from bulk.errors import BulkError, CaptureError
 
 log = logging.getLogger("bulk.capture")
@@ -93,6 +93,7 @@ class Worker:
         self.rotations = 0
         self.last_rotation_ns: int | None = None
         self._last_state = (time.monotonic(), 0, 0)
+        self.state_writer = StateWriter(opts.directory)
         self._first_reported = False
 
     # -- rotation --------------------------------------------------------------
@@ -176,10 +177,7 @@ class Worker:
             rotate_bytes=self.opts.rotate_bytes,
             stopping=stopping,
         )
-        try:
-            write_state(self.opts.directory, state)
-        except OSError as exc:
-            log.warning("cannot write the live state: %s", exc.strerror)
+        self.state_writer.submit(state)
 
     # -- the loop --------------------------------------------------------------
 
@@ -194,24 +192,28 @@ class Worker:
         }
         old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
         try:
-            self._open_next()
-            self.series.set_base_stats(*self.handle.stats()[1:])
-            if ready is not None:
-                ready()
-            try:
-                self._loop(rfd)
-            except pcapy.PcapError as exc:
-                # The interface went away or failed: keep what was captured.
-                log.error("capture failed: %s", exc)
-                self._close(reopen=False, reason="capture failed")
-                self.write_state(stopping=True)
-                raise CaptureError(f"{self.opts.interface}: capture failed: {exc}") from None
+            self._run(rfd, ready)
         finally:
+            self.state_writer.close()
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             os.close(rfd)
             os.close(wfd)
+
+    def _run(self, rfd: int, ready: Callable[[], None] | None) -> None:
+        self._open_next()
+        self.series.set_base_stats(*self.handle.stats()[1:])
+        if ready is not None:
+            ready()
+        try:
+            self._loop(rfd)
+        except pcapy.PcapError as exc:
+            # The interface went away or failed: keep what was captured.
+            log.error("capture failed: %s", exc)
+            self._close(reopen=False, reason="capture failed")
+            self.write_state(stopping=True)
+            raise CaptureError(f"{self.opts.interface}: capture failed: {exc}") from None
 
     def _loop(self, rfd: int) -> None:
         flags = self.flags
@@ -300,13 +302,13 @@ def run_worker(
     handle: Any,
     worker: int,
     *,
+    archiver: Archiver,
     repair: list[str],
     joined_ns: int | None = None,
     ready: Callable[[], None] | None = None,
 ) -> Worker:
-    """Run one worker to the end, with its archiver thread; repair ``repair`` first."""
-    archiver = Archiver(opts.directory)
-    archiver.start()
+    """Run one worker to the end; its archiver (started before the handle was
+    opened) repairs ``repair`` first. The caller stops the archiver."""
     try:
         w = Worker(opts, handle, worker, archiver, joined_ns)
         for path in repair:
@@ -316,8 +318,4 @@ def run_worker(
         raise
     except OSError as exc:
         raise CaptureError(f"{opts.interface}: {exc}") from None
-    finally:
-        archiver.stop()
-    if archiver.errors:
-        log.warning("%d archive errors (see above)", archiver.errors)
     return w

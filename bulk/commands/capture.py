@@ -34,7 +34,7 @@ packets, bytes and kernel drops.
 
 Defaults come from /etc/bulk/bulk.toml when present (top-level 'dir', and
 [capture] keys named like the options: interface, rotate_seconds,
-rotate_bytes, align, snaplen, buffer, filter, workers, promisc); the command
+rotate_bytes, align, snaplen, buffer, filter, workers, promisc, index); the command
 line wins. BULK_CONFIG=FILE reads another file.
 
 examples:
@@ -89,6 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="promiscuous mode (default on)",
     )
+    parser.add_argument(
+        "--index",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="scan each closed file for its time range and time index (default on; with "
+        "--no-index the catalogue gets the capture's counts and 'bulk index' adds the rest)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
 
 
@@ -119,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             "filter": args.filter,
             "workers": args.workers,
             "promisc": args.promisc,
+            "index": args.index,
         },
         load_config(),
     )
