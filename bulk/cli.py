@@ -38,7 +38,21 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(f"bulk.commands.{name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_command(sub: argparse._SubParsersAction[_Parser], module: ModuleType) -> None:
+    cmd = sub.add_parser(
+        module.NAME,
+        help=module.HELP,
+        description=module.DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(cmd)
+    cmd.set_defaults(func=module.run, command=module.NAME)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``only``) the top level with one command: importing
+    a command module can be costly, and a run needs just its own."""
     parser = _Parser(
         prog="bulk",
         description=(
@@ -52,23 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bulk {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in COMMANDS:
-        module = _load(name)
-        cmd = sub.add_parser(
-            module.NAME,
-            help=module.HELP,
-            description=module.DESCRIPTION,
-            epilog=EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        module.add_arguments(cmd)
-        cmd.set_defaults(func=module.run)
+    for name in COMMANDS if only is None else (only,):
+        _add_command(sub, _load(name))
     return parser
 
 
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line. ``bulk COMMAND ...`` imports that command only and
+    lets options and positionals mix (``bulk slice 13h +5m -w out.pcap in.pcap``)."""
+    if argv and argv[0] in COMMANDS:
+        parser = build_parser(only=argv[0])
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        cmd_parser: argparse.ArgumentParser = sub.choices[argv[0]]
+        try:
+            return cmd_parser.parse_intermixed_args(argv[1:])
+        except TypeError:  # a parser feature intermixed parsing does not support
+            return cmd_parser.parse_args(argv[1:])
+    return build_parser().parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(list(sys.argv[1:] if argv is None else argv))
     try:
         status: int = args.func(args)
     except BulkError as exc:

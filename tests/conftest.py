@@ -10,12 +10,23 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 DATA = Path(__file__).parent / "data"
 MANIFEST = json.loads((DATA / "manifest.json").read_text())
 TRACES = sorted(DATA / entry["file"] for entry in MANIFEST)
 TRACE_IDS = [p.name for p in TRACES]
 BULK = [sys.executable, "-m", "bulk"]
+
+# Timing never decides a test: a loaded 2-core CI machine must not fail a
+# property because one example was slow. BULK_HYPOTHESIS=long runs more cases.
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", deadline=None, max_examples=2000, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("BULK_HYPOTHESIS", "default"))
 
 
 def run_bulk(
