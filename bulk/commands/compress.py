@@ -24,8 +24,9 @@ DESCRIPTION = """\
 Compress every closed trace of the archive (never the open one) into
 independently decodable frames on packet boundaries, with a frame index, so
 that 'bulk slice' and 'bulk extract' can seek inside compressed traces, while
-'zstdcat f.pcap.zst | tcpdump -r -' and Wireshark still read them. X.pcap
-becomes X.pcap.zst (or X.pcap.gz) with the same times and mode.
+'zstdcat f.pcap.zst | tcpdump -r -' still reads them (Wireshark opens the gzip
+format directly; pipe zstd files to it). X.pcap becomes X.pcap.zst (or
+X.pcap.gz) with the same times and mode.
 
 Crash-safe: the compressed copy is written under a hidden temporary name,
 fsynced, verified against the original (every frame decompressed, with its
