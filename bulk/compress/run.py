@@ -107,6 +107,25 @@ def select(directory: str, fmt: str, older_than_s: float, now: float) -> list[st
     return [p for _m, p in sorted(out)]
 
 
+def _short_of_space(path: str) -> str | None:
+    """Why the compressed copy may not fit beside the original, or None.
+
+    The copy is never larger than the original plus its index, so that much
+    free space (plus 1% of the filesystem, at most 64 MiB, left for the live
+    capture) is asked for before writing: a compression must never fill the
+    disk under a running capture."""
+    st = os.statvfs(os.path.dirname(path) or ".")
+    free = st.f_bavail * st.f_frsize
+    reserve = min(64 << 20, st.f_blocks * st.f_frsize // 100)
+    need = os.path.getsize(path) + reserve
+    if free >= need:
+        return None
+    return (
+        f"not enough free space for the compressed copy (needs up to {format_size(need)}, "
+        f"{format_size(free)} free); retention can make room"
+    )
+
+
 def run(options: RunOptions, log: Log) -> RunReport:
     directory = options.directory
     if not os.path.isdir(directory):
@@ -157,6 +176,11 @@ def _run_locked(options: RunOptions, report: RunReport, archive: Archive, log: L
         if is_busy(path):
             report.skipped.append((path, "locked by another process"))
             log(f"skipped {path}: locked by another process")
+            continue
+        short = _short_of_space(path)
+        if short:
+            report.failed.append((path, short))
+            log(f"FAILED to compress {path}: {short}; the original is kept")
             continue
         try:
             out = compress_one(path, settings, archive)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import bulk.compress.run as run_mod
 from tests.compress_data import make_pcap
 from tests.conftest import run_bulk
 
@@ -144,14 +145,33 @@ def test_budget_that_cannot_be_met_keeps_the_open_file(small_fs: Path) -> None:
 
 
 def test_disk_full_while_compressing_keeps_the_original(small_fs: Path) -> None:
-    """No room for the compressed copy: the original stays, no temporary file is
-    left behind, the run says so and exits 1; retention still runs."""
+    """No room for the compressed copy: it is not even started (a compression
+    must not fill the disk under a live capture); the original stays, no
+    temporary file is left behind, the run says so and exits 1."""
     big = small_fs / archive_name(1)
     make_pcap(big, 9_000_000, seed=5, random_payload=1.0)  # 9 MB of 16: no room for a copy
     data = big.read_bytes()
     proc = run_bulk("compress", "--dir", small_fs, "--keep-days", "1000")
     assert proc.returncode == 1
-    assert b"no space left" in proc.stdout
+    assert b"not enough free space" in proc.stdout
+    assert big.read_bytes() == data
+    assert survivors(small_fs) == [big.name]
+    assert [p.name for p in small_fs.iterdir() if p.name.startswith(".") and p.is_file()] == []
+
+
+def test_disk_filling_up_mid_write_keeps_the_original(
+    small_fs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The free-space check passed but the disk fills up while writing (ENOSPC):
+    the partial copy is removed, the original stays."""
+    big = small_fs / archive_name(1)
+    make_pcap(big, 9_000_000, seed=6, random_payload=1.0)
+    data = big.read_bytes()
+    monkeypatch.setattr(run_mod, "_short_of_space", lambda path: None)
+    lines: list[str] = []
+    report = run_mod.run(run_mod.RunOptions(str(small_fs)), lines.append)
+    assert [p for p, _e in report.failed] == [str(big)]
+    assert "no space left" in report.failed[0][1]
     assert big.read_bytes() == data
     assert survivors(small_fs) == [big.name]
     assert [p.name for p in small_fs.iterdir() if p.name.startswith(".") and p.is_file()] == []
