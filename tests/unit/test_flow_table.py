@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bulk.decode import Decoded
 from bulk.flow.analyzer import DONE, END_EVICTED, END_FIN, END_IDLE, END_REUSED, END_RST, Analyzer
@@ -292,3 +294,30 @@ def test_swap_after_syn_still_consistent_for_ipv6() -> None:
 
 def test_unused_constants_are_consistent() -> None:
     assert SYN | ACK == 0x12 and PSH == 0x08
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hosts=st.lists(
+        st.tuples(st.ip_addresses(v=4).map(str), st.integers(1, 65535)), min_size=2, max_size=6
+    ),
+    pairs=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.booleans()), max_size=30),
+)
+def test_flow_key_is_symmetric(
+    hosts: list[tuple[str, int]], pairs: list[tuple[int, int, bool]]
+) -> None:
+    """Packets between two endpoints, in either direction, always meet in one flow."""
+    pk = []
+    expect: set[frozenset[tuple[str, int]]] = set()
+    for n, (i, j, flip) in enumerate(pairs):
+        a, b = hosts[i % len(hosts)], hosts[j % len(hosts)]
+        if a == b:
+            continue
+        src, dst = (b, a) if flip else (a, b)
+        pk.append(tcp_packet(n + 1, src[0], src[1], dst[0], dst[1], 1, 1, ACK, b"x"))
+        expect.add(frozenset((a, b)))
+    rec = Recorder()
+    run(pk, rec)
+    got = [frozenset(((f.orig_h, f.orig_p), (f.resp_h, f.resp_p))) for f, _ in rec.flows]
+    assert len(got) == len(set(got)) == len(expect) and set(got) == expect
+    assert sum(state["pkts"] for _, state in rec.flows) == len(pk)
