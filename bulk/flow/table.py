@@ -336,7 +336,7 @@ class FlowTable:
     ) -> TableStats:
         """Process the packets of ``paths`` in [start_ns, end_ns) matching ``bpf``.
 
-        One classic pcap trace (plain, compressed or stdin) goes through the
+        One classic pcap trace file (plain or compressed) goes through the
         in-place fast path (:meth:`run_chunks`); several traces (merged in
         time order) and pcapng go through :func:`bulk.trace.iter_packets`.
         The result is the same. Errors are those of ``iter_packets``; a trace

@@ -1,7 +1,7 @@
 """Whole pcap records in large chunks, for hot loops that decode in place.
 
-:func:`pcap_chunks` reads a classic pcap trace (any of the four variants,
-plain or gzip/zstd-compressed, or stdin) and yields :class:`RecordChunk`
+:func:`pcap_chunks` reads a classic pcap trace file (any of the four
+variants, plain or gzip/zstd-compressed) and yields :class:`RecordChunk`
 objects: a buffer of about a megabyte and the offsets of the whole records in
 it. A consumer unpacks each 16-byte record header with ``chunk.header`` and
 decodes the packet bytes where they lie, without building a
@@ -44,10 +44,14 @@ class RecordChunk(NamedTuple):
 
 
 def pcap_chunks(path: str) -> Iterator[RecordChunk] | None:
-    """Chunks of ``path`` if it is a classic pcap trace, else ``None`` (pcapng).
+    """Chunks of ``path`` if it is a classic pcap trace, else ``None`` (pcapng,
+    or standard input, whose first bytes could not be given back to another
+    reader).
 
     Raises :class:`~bulk.errors.TraceError` if the file is not a trace.
     """
+    if path == "-":
+        return None
     stream = TraceStream(path)
     try:
         head = stream.file.read(24)

@@ -18,7 +18,7 @@ import pytest
 
 from bulk.cli import main
 from bulk.errors import EXIT_OK, EXIT_TRUNCATED
-from tests.conftest import MANIFEST, TRACE_IDS, TRACES
+from tests.conftest import MANIFEST, TRACE_IDS, TRACES, run_bulk
 from tests.integration.tcpflow_oracle import Key, normalise_for_tcpflow, run_tcpflow
 
 pytestmark = [
@@ -95,3 +95,20 @@ def test_snaplen_truncated_trace_reports_gaps_and_no_fake_bytes(tmp_path: Path) 
     assert rec["orig_gap_bytes"] > 0 and rec["resp_gap_bytes"] > 0
     body = (tmp_path / "o" / rec["resp_file"]).read_bytes()
     assert b"<<gap " in body
+
+
+@pytest.mark.parametrize("name", ["irc-dcc-send.pcapng", "zeek-http-get.pcap"])
+def test_stdin_gives_the_same_contents_as_the_file(name: str, tmp_path: Path) -> None:
+    trace = Path(TRACES[0]).parent / name
+    proc = run_bulk("contents", "-q", "-r", "-", "-o", tmp_path / "stdin", input=trace.read_bytes())
+    assert proc.returncode == 0, proc.stderr
+    from_file = bulk_contents(trace, tmp_path / "file")
+    from_stdin = [
+        json.loads(x) for x in (tmp_path / "stdin" / "contents.jsonl").read_text().splitlines()
+    ]
+    assert from_stdin == from_file and from_file
+    for rec in from_file:
+        for side in ("orig", "resp"):
+            if rec[f"{side}_file"]:
+                a = (tmp_path / "file" / rec[f"{side}_file"]).read_bytes()
+                assert a == (tmp_path / "stdin" / rec[f"{side}_file"]).read_bytes()
