@@ -12,6 +12,12 @@ independent dissector, not bulk's decoder): every IPv4/IPv6 packet, found
 through whatever encapsulation scapy understands, is cut at its IP length and
 re-framed as plain Ethernet; packet order and timestamps are kept, so
 reordering, retransmissions and duplicates reach tcpflow unchanged.
+
+tcpflow's names: ``SRC.SPORT-DST.DPORT`` with IPv4 octets zero-padded to three
+digits and ports to five (``010.000.000.001.01234-...``), IPv6 addresses in
+their compressed form with colons, ``--VLAN`` appended for 802.1Q frames
+(the outer tag; the normalised copy has none), and ``c1``, ``c2``... for
+later connections on the same 4-tuple.
 """
 
 from __future__ import annotations
