@@ -38,6 +38,7 @@ PCAP_HEADER = 24
 RECORD_HEADER = 16
 _BATCH = 4096
 _FILE_HEADER = struct.Struct("<IHHiIII")
+_MAX_CAPLEN = 262144  # libpcap's largest snaplen: records up to it are read whole
 
 
 @dataclass(frozen=True)
@@ -189,20 +190,34 @@ def _scan_libpcap(path: str, every: int, stop_at_zero: bool) -> TraceScan | None
     scan = TraceScan(path, format="pcap", linktype=network & 0xFFFF, snaplen=snaplen)
     scan.end_offset = PCAP_HEADER
     indexer = _Indexer(scan, every, _usec_key_ns)
+    # libpcap cuts a record longer than the file's snaplen down to the snaplen
+    # and skips the rest: its reported length is then not the record's length
+    # on disk, and offsets computed from it are wrong. Below the largest
+    # snaplen, a record at the snaplen may be such a record: the Python reader
+    # (which reads lengths from the file) scans those files instead.
+    clamp = snaplen if 0 < snaplen < _MAX_CAPLEN else None
     try:
-        _drain(handle, indexer, stop_at_zero, _BATCH)
+        _drain(handle, indexer, stop_at_zero, _BATCH, clamp)
+    except _Clamped:
+        return None
     except pcapy.PcapError as exc:
         # libpcap drops the whole batch that met the damage: read that batch
         # again one record at a time, to keep every whole record before it.
         handle = pcapy.open_offline(path)
         _skip(handle, scan.packets)
         try:
-            _drain(handle, indexer, stop_at_zero, 1)
+            _drain(handle, indexer, stop_at_zero, 1, clamp)
+        except _Clamped:
+            return None
         except pcapy.PcapError:
             pass
         scan.error = str(exc)
     indexer.close_segment()
     return scan
+
+
+class _Clamped(Exception):
+    """A record's length as libpcap reports it may have been cut to the snaplen."""
 
 
 def _skip(handle: Any, count: int) -> None:
@@ -213,7 +228,9 @@ def _skip(handle: Any, count: int) -> None:
         count -= len(meta) // 16
 
 
-def _drain(handle: Any, indexer: _Indexer, stop_at_zero: bool, batch: int) -> None:
+def _drain(
+    handle: Any, indexer: _Indexer, stop_at_zero: bool, batch: int, clamp: int | None = None
+) -> None:
     while True:
         _data, meta = handle.next_batch(batch)
         if not meta:
@@ -221,6 +238,8 @@ def _drain(handle: Any, indexer: _Indexer, stop_at_zero: bool, batch: int) -> No
         a = array.array("I")
         a.frombytes(meta)
         caps = a[3::4]
+        if clamp is not None and max(caps) >= clamp:
+            raise _Clamped
         # (usec, sec) pairs read as little-endian 64-bit words: sec << 32 | usec,
         # ordered like the times, built without a Python loop per packet.
         pairs = array.array("I", bytes(len(a) * 2))

@@ -1,0 +1,81 @@
+"""Bugs the fault and fuzz suites found, each pinned by a small deterministic test."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bulk.archive.repair import repair_open_file
+from bulk.archive.scan import scan_trace
+from bulk.errors import TraceError
+from bulk.trace import open_trace
+from tests.conftest import DATA
+
+
+def _tcpdump_count(path: Path) -> int:
+    proc = subprocess.run(
+        ["tcpdump", "-r", str(path), "-nn", "-q"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return len(proc.stdout.splitlines())
+
+
+def test_scan_of_a_pcap_whose_records_exceed_its_snaplen(tmp_path: Path) -> None:
+    """libpcap cuts such records to the snaplen: offsets computed from its lengths
+    were wrong, and the repair of an open file then cut it mid-record (tcpdump:
+    'truncated dump file'). The scan must follow the lengths on disk."""
+    data = bytearray((DATA / "zeek-http-get.pcap").read_bytes())
+    struct.pack_into("<I", data, 16, 1)  # snaplen 1, records of 66..1514 bytes
+    path = tmp_path / "bulk-20260101T000000Z-eth0-000001.pcap.open"
+    path.write_bytes(bytes(data))
+    with open_trace(str(path)) as r:
+        expected = sum(1 for _ in r)
+    scan = scan_trace(str(path), stop_at_zero=True)
+    assert (scan.packets, scan.end_offset, scan.error) == (expected, len(data), None)
+    done = repair_open_file(str(path), 1, 262144)
+    final = Path(done.final_path)
+    assert final.read_bytes() == bytes(data)  # nothing cut
+    assert _tcpdump_count(final) == expected
+
+
+def test_repair_of_a_zero_filled_header(tmp_path: Path) -> None:
+    """After a power loss a file's length may reach the disk but not its first
+    block: the header reads as zeros. The repair used to refuse the file ('not a
+    pcap'), leaving it open for ever; it now writes the capture's header."""
+    path = tmp_path / "bulk-20260101T000000Z-eth0-000001.pcap.open"
+    path.write_bytes(bytes(4096))
+    done = repair_open_file(str(path), 1, 262144)
+    final = Path(done.final_path)
+    assert done.wrote_header and final.stat().st_size == 24
+    assert _tcpdump_count(final) == 0
+
+
+def test_garbage_header_is_still_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bulk-20260101T000000Z-eth0-000001.pcap.open"
+    path.write_bytes(b"GARBAGE!" * 512)
+    with pytest.raises(TraceError):
+        repair_open_file(str(path), 1, 262144)
+    assert path.read_bytes() == b"GARBAGE!" * 512
+
+
+def test_pcapng_option_running_past_its_block(tmp_path: Path) -> None:
+    """An interface block whose if_tsresol option claims bytes the block does not
+    hold raised IndexError (a traceback) from the reader."""
+    shb_body = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
+    shb = struct.pack("<II", 0x0A0D0D0A, 12 + len(shb_body)) + shb_body
+    shb += struct.pack("<I", 12 + len(shb_body))
+    # IDB: linktype 1, snaplen 0, then option 9 (if_tsresol) claiming 4 bytes,
+    # with the block ending right after the option header.
+    idb_body = struct.pack("<HHI", 1, 0, 0) + struct.pack("<HH", 9, 4)
+    blen = 12 + len(idb_body)
+    idb = struct.pack("<II", 1, blen) + idb_body + struct.pack("<I", blen)
+    path = tmp_path / "t.pcapng"
+    path.write_bytes(shb + idb)
+    try:
+        with open_trace(str(path)) as r:
+            assert list(r) == []
+    except TraceError:
+        pass
