@@ -44,7 +44,7 @@ def repair_open_file(open_path: str, linktype: int, snaplen: int) -> Repaired:
     """Cut ``open_path`` to its last whole record and finalise it.
 
     ``linktype`` and ``snaplen`` are used only when the file header itself is
-    missing or cut (the capture's own values). A file that is not a pcap at
+    missing, cut or zero-filled (the capture's own values). A file that is not a pcap at
     all raises TraceError and is left untouched.
     """
     if not open_path.endswith(OPEN_SUFFIX):
@@ -59,14 +59,19 @@ def repair_open_file(open_path: str, linktype: int, snaplen: int) -> Repaired:
         return Repaired(open_path, final_path, scan_trace(final_path), 0, False)
     size = os.path.getsize(open_path)
     wrote_header = False
-    if size < PCAP_HEADER:
+    with open(open_path, "rb") as f:
+        head = f.read(PCAP_HEADER)
+    # Cut inside the file header, or a header a power loss left zero-filled
+    # (the file's length reached the disk, its first block did not).
+    if size < PCAP_HEADER or not any(head):
         with open(open_path, "r+b") as f:
-            f.truncate(0)
+            if size < PCAP_HEADER:
+                f.truncate(0)
             f.write(pcap_header(linktype, snaplen))
             f.flush()
             os.fsync(f.fileno())
         wrote_header = True
-        size = PCAP_HEADER
+        size = max(size, PCAP_HEADER)
     scan = scan_trace(open_path, stop_at_zero=True)
     if scan.format != "pcap" or scan.compression:
         raise ArchiveError(f"{open_path}: not an uncompressed pcap; left as it is")

@@ -100,7 +100,9 @@ def test_repair_of_an_already_final_file_only_drops_the_open_name(tmp_path: Path
 
 def test_repair_leaves_a_file_that_is_not_a_pcap(tmp_path: Path) -> None:
     open_path = tmp_path / "bulk-20260101T000000Z-eth0-000004.pcap.open"
-    open_path.write_bytes(b"\x00" * 100)
+    # Not zeros: a zero-filled header is what a power loss leaves, and is repaired
+    # (tests/faults/test_regressions.py).
+    open_path.write_bytes(b"\x5a" * 100)
     with pytest.raises(TraceError):
         repair_open_file(str(open_path), 1, 262144)
-    assert open_path.read_bytes() == b"\x00" * 100
+    assert open_path.read_bytes() == b"\x5a" * 100
