@@ -265,10 +265,11 @@ class TraceReader:
             value = opts[i + 4 : i + 4 + length]
             if code == 0:
                 break
-            if code == 9 and length >= 1:  # if_tsresol
+            # len(value), not length: a corrupt option may run past the block's end.
+            if code == 9 and len(value) >= 1:  # if_tsresol
                 r = value[0]
                 tps = 2 ** (r & 0x7F) if r & 0x80 else 10**r
-            elif code == 14 and length >= 8:  # if_tsoffset (seconds)
+            elif code == 14 and len(value) >= 8:  # if_tsoffset (seconds)
                 (tsoff,) = struct.unpack_from(endian + "q", value)
             i += 4 + ((length + 3) & ~3)
         return tps, tsoff
