@@ -36,7 +36,6 @@ from __future__ import annotations
 import base64
 import os
 import struct
-import threading
 import zlib
 from collections import deque
 from collections.abc import Iterator
@@ -50,6 +49,7 @@ from bulk.errors import TraceError
 from bulk.trace.framing import FrameStats, Layout
 from bulk.trace.packet import Packet
 from bulk.trace.reader import open_trace
+from bulk.trace.zstdframe import FrameCompressor
 
 SKIPPABLE_SEEK_TABLE = 0x184D2A5E
 SEEKABLE_MAGIC = 0x8F92EAB1
@@ -180,19 +180,6 @@ def _ts_in(ts: int) -> int | None:
 # -- writing -----------------------------------------------------------------------------
 
 
-_local = threading.local()
-
-
-def _zstd_frame(level: int, data: bytes) -> bytes:
-    key = f"zstd{level}"
-    cctx = getattr(_local, key, None)
-    if cctx is None:
-        cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
-        setattr(_local, key, cctx)
-    out: bytes = cctx.compress(data)
-    return out
-
-
 def _gzip_member(level: int, data: bytes) -> bytes:
     co = zlib.compressobj(level, zlib.DEFLATED, 31)
     return co.compress(data) + co.flush()
@@ -212,7 +199,7 @@ class SeekableWriter:
         self._out = out
         self.fmt = fmt
         self.level = level
-        self._fn = _zstd_frame if fmt == "zstd" else _gzip_member
+        self._zstd = FrameCompressor(level) if fmt == "zstd" else None
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bulk-compress")
         self._depth = 4 * max(1, threads) + 2  # frames in flight: workers keep busy
         self._pending: deque[tuple[Future[bytes], int, FrameStats]] = deque()
@@ -225,7 +212,11 @@ class SeekableWriter:
     def add(self, data: bytes, stats: FrameStats) -> None:
         if len(data) > MAX_FRAME_DECOMPRESSED:
             raise ValueError("frame larger than the seekable format allows")
-        self._pending.append((self._pool.submit(self._fn, self.level, data), len(data), stats))
+        if self._zstd is not None:
+            fut = self._pool.submit(self._zstd.compress, data)
+        else:
+            fut = self._pool.submit(_gzip_member, self.level, data)
+        self._pending.append((fut, len(data), stats))
         while len(self._pending) > self._depth:
             self._drain_one()
 
@@ -256,7 +247,7 @@ class SeekableWriter:
             while self._pending:
                 self._drain_one()
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._shutdown()
         index = FrameIndex(
             layout,
             tuple(self._frames),
@@ -274,7 +265,12 @@ class SeekableWriter:
         return index
 
     def abort(self) -> None:
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._zstd is not None:
+            self._zstd.close()
 
 
 def _zstd_trailer(payload: bytes, seek: list[tuple[int, int, int]]) -> bytes:

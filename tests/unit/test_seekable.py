@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bulk.compress.codec import CompressSettings, compress_stream, verify
 from bulk.errors import ArchiveError, TraceError
-from bulk.trace import Packet, PcapWriter
+from bulk.trace import Packet, PcapWriter, zstdframe
 from bulk.trace.framing import count_packets, split_frames
 from bulk.trace.seekable import FrameIndex, SeekableTrace
 
@@ -118,3 +118,23 @@ def test_plain_zstd_has_no_index(tmp_path: Path) -> None:
         f.write(zstandard.ZstdCompressor().compress(pcap_bytes([(1, 1, b"x" * 60)])))
     with pytest.raises(TraceError, match="no frame index"):
         SeekableTrace.open(path)
+
+
+@pytest.mark.parametrize("engine", ["system", "bundled"])
+def test_frame_compressor_engines(engine: str) -> None:
+    fc = zstdframe.FrameCompressor(3)
+    if engine == "bundled":
+        fc._lib = None
+    elif fc._lib is None:
+        pytest.skip("no system libzstd")
+    data = pcap_bytes([(1, 2, bytes(range(256)) * 3)] * 40)
+    frame = fc.compress(data)
+    fc.close()
+    params = zstandard.get_frame_parameters(frame)
+    assert params.content_size == len(data) and params.has_checksum
+    assert zstandard.ZstdDecompressor().decompress(frame) == data
+    # A flipped bit in the payload is caught by the frame's own checksum.
+    bad = bytearray(frame)
+    bad[len(bad) // 2] ^= 1
+    with pytest.raises(zstandard.ZstdError):
+        zstandard.ZstdDecompressor().decompress(bytes(bad))
