@@ -15,12 +15,13 @@ from typing import Any
 from bulk.flow.analyzer import Analyzer
 
 ANALYZERS: dict[str, str] = {
+    "backdoor": "bulk.analyzers.backdoor:BackdoorAnalyzer",
     "contents": "bulk.analyzers.contents:ContentsAnalyzer",
 }
 
 
-def create(name: str, **options: Any) -> Analyzer[Any]:
-    """Instantiate the analyzer registered as ``name`` with ``options``."""
+def resolve(name: str) -> type[Analyzer[Any]]:
+    """The analyzer class registered as ``name`` (imports its module)."""
     try:
         target = ANALYZERS[name]
     except KeyError:
@@ -28,7 +29,11 @@ def create(name: str, **options: Any) -> Analyzer[Any]:
         raise ValueError(f"unknown analyzer {name!r} (known: {known})") from None
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    analyzer = cls(**options)
-    if not isinstance(analyzer, Analyzer):
+    if not (isinstance(cls, type) and issubclass(cls, Analyzer)):
         raise TypeError(f"{target} is not an Analyzer")
-    return analyzer
+    return cls
+
+
+def create(name: str, **options: Any) -> Analyzer[Any]:
+    """Instantiate the analyzer registered as ``name`` with ``options``."""
+    return resolve(name)(**options)

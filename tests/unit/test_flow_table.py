@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bulk.decode import Decoded
 from bulk.flow.analyzer import DONE, END_EVICTED, END_FIN, END_IDLE, END_REUSED, END_RST, Analyzer
-from bulk.flow.registry import ANALYZERS, create
+from bulk.flow.registry import ANALYZERS, create, resolve
 from bulk.flow.table import Flow, FlowConfig, FlowTable, make_uid
 from bulk.trace.packet import LINKTYPE_ETHERNET, Packet
 from tests.pktbuild import ACK, FIN, PSH, RST, SYN, Conn, ether, ipv4, tcp_packet, udp_header
@@ -273,6 +273,9 @@ def test_uids_unique_and_registry() -> None:
     uids = {make_uid(n) for n in range(1, 20000)}
     assert len(uids) == 19999 and all(len(u) == 11 and u[0] == "C" for u in uids)
     assert "contents" in ANALYZERS
+    for name in ANALYZERS:  # every entry imports, is an Analyzer, and carries its name
+        cls = resolve(name)
+        assert cls.name == name
     with pytest.raises(ValueError, match="unknown analyzer"):
         create("no-such-analyzer")
 
