@@ -169,6 +169,11 @@ def _run_locked(options: RunOptions, report: RunReport, archive: Archive, log: L
 
     settings = options.settings
     for path in select(directory, settings.fmt, options.older_than_s, time.time()):
+        pending = archive.still_cataloguing(path)
+        if pending:
+            report.skipped.append((path, pending))
+            log(f"skipped {path}: {pending}")
+            continue
         if dry:
             report.would_compress.append(path)
             log(f"would compress {path} ({format_size(os.path.getsize(path))})")

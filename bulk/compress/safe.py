@@ -117,6 +117,22 @@ class Archive:
             return None
         return self.catalogue.get(self.name(path))
 
+    def still_cataloguing(self, path: str) -> str | None:
+        """Why the capture may not be done with a just-closed file, or None.
+
+        The capture finalises ``X.pcap.open`` as ``X.pcap`` first, then scans it
+        and renames its catalogue row: until then the row is still called
+        ``X.pcap.open`` (or says ``open``), and compressing would race with it."""
+        cat = self.catalogue
+        if cat is None:
+            return None
+        rec = cat.get(self.name(path))
+        if rec is None and cat.get(self.name(path) + OPEN_SUFFIX) is not None:
+            return "the capture is still cataloguing it (its row is still the open file's)"
+        if rec is not None and rec.state == "open":
+            return "the catalogue still says it is open"
+        return None
+
     def note_compressed(self, src: str, dst: str, fmt: str, index_of: SeekableTrace) -> None:
         """Record ``src`` as compressed into ``dst`` (idempotent: the sweep may repeat it)."""
         cat = self.catalogue

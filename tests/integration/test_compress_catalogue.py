@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bulk.archive.catalogue import Catalogue
+from bulk.archive.catalogue import Catalogue, FileRecord
 from bulk.compress.safe import CRASH_ENV
 from bulk.trace.seekable import SeekableTrace
 from tests.compress_data import make_pcap
@@ -97,3 +97,26 @@ def test_catalogue_right_after_a_crash(tmp_path: Path, point: str) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"finished an interrupted compression" in proc.stdout
     check_catalogue(d, names)
+
+
+def test_a_file_the_capture_is_still_cataloguing_waits(tmp_path: Path) -> None:
+    """The capture finalises X.pcap.open as X.pcap before it scans the file and
+    renames its catalogue row: until the row is renamed, compress leaves X.pcap."""
+    d = tmp_path / "archive"
+    d.mkdir()
+    name = "bulk-20260101T000000Z-eth0-000001.pcap"
+    make_pcap(d / name, 200_000, seed=1)
+    with Catalogue.open(str(d)) as cat:
+        cat.add_file(FileRecord(name=name + ".open", state="open"))
+    proc = run_bulk("compress", "--dir", d)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"still cataloguing" in proc.stdout
+    assert (d / name).exists() and not (d / (name + ".zst")).exists()
+    # The capture's archiver finishes: the row becomes X.pcap, closed.
+    with Catalogue.open(str(d)) as cat:
+        cat.update_file(name + ".open", name=name, state="closed")
+    proc = run_bulk("compress", "--dir", d)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (d / (name + ".zst")).exists() and not (d / name).exists()
+    with Catalogue.open(str(d), create=False) as cat:
+        assert [(r.name, r.state) for r in cat.files()] == [(name + ".zst", "compressed")]
