@@ -52,6 +52,9 @@ CRASH_POINTS = (
     "after-delete",
 )
 TEMP_SUFFIX = ".partial"
+# A closed trace whose catalogue row still has the open name is left alone for
+# this long after its last write (the capture catalogues it meanwhile).
+CATALOGUE_GRACE_S = 600.0
 # Per-trace side files kept by other commands, named after the trace: X.pcap.idx.
 SIDE_SUFFIXES = (".idx",)
 COMPRESSED_SUFFIXES = tuple(FORMATS.values())
@@ -126,6 +129,11 @@ class Archive:
         cat = self.catalogue
         if cat is None:
             return None
+        try:
+            if time.time() - os.stat(path).st_mtime > CATALOGUE_GRACE_S:
+                return None  # long enough: the capture's catalogue update was lost
+        except FileNotFoundError:
+            return None
         rec = cat.get(self.name(path))
         if rec is None and cat.get(self.name(path) + OPEN_SUFFIX) is not None:
             return "the capture is still cataloguing it (its row is still the open file's)"
@@ -148,6 +156,8 @@ class Archive:
             "raw_size": idx.size,
             "packets": idx.packets,
         }
+        if cat.get(old) is None and cat.get(old + OPEN_SUFFIX) is not None:
+            old += OPEN_SUFFIX  # the capture never renamed its row: take it over
         if cat.get(old) is not None:
             if cat.get(new) is not None:
                 cat.remove_file(new)

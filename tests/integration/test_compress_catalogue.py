@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bulk.archive.catalogue import Catalogue, FileRecord
-from bulk.compress.safe import CRASH_ENV
+from bulk.compress.safe import CATALOGUE_GRACE_S, CRASH_ENV
 from bulk.trace.seekable import SeekableTrace
 from tests.compress_data import make_pcap
 from tests.conftest import BULK, DATA, run_bulk
@@ -115,6 +115,24 @@ def test_a_file_the_capture_is_still_cataloguing_waits(tmp_path: Path) -> None:
     # The capture's archiver finishes: the row becomes X.pcap, closed.
     with Catalogue.open(str(d)) as cat:
         cat.update_file(name + ".open", name=name, state="closed")
+    proc = run_bulk("compress", "--dir", d)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (d / (name + ".zst")).exists() and not (d / name).exists()
+    with Catalogue.open(str(d), create=False) as cat:
+        assert [(r.name, r.state) for r in cat.files()] == [(name + ".zst", "compressed")]
+
+
+def test_a_lost_catalogue_update_does_not_block_forever(tmp_path: Path) -> None:
+    """The capture's catalogue update never came (its catalogue failed): after the
+    grace period the trace is compressed and the stale open row taken over."""
+    d = tmp_path / "archive"
+    d.mkdir()
+    name = "bulk-20260101T000000Z-eth0-000001.pcap"
+    make_pcap(d / name, 200_000, seed=1)
+    old = time.time() - CATALOGUE_GRACE_S - 60
+    os.utime(d / name, (old, old))
+    with Catalogue.open(str(d)) as cat:
+        cat.add_file(FileRecord(name=name + ".open", state="open"))
     proc = run_bulk("compress", "--dir", d)
     assert proc.returncode == 0, proc.stderr.decode()
     assert (d / (name + ".zst")).exists() and not (d / name).exists()
