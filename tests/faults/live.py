@@ -1,0 +1,80 @@
+"""Helpers of the live fault scenarios: archive listings, oracles, waiting."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from bulk.archive.catalogue import Catalogue
+from bulk.archive.naming import parse_name
+
+
+def finals(d: Path) -> list[Path]:
+    """Closed (uncompressed) archive files of every series, in (worker, sequence) order."""
+    found = []
+    for p in d.glob("bulk-*.pcap"):
+        name = parse_name(p.name)
+        assert name is not None, p
+        found.append((name.worker, name.seq, p))
+    return [p for _w, _s, p in sorted(found)]
+
+
+def opens(d: Path) -> list[Path]:
+    return sorted(d.glob("*.pcap.open"))
+
+
+def digest(p: Path) -> tuple[int, int, str]:
+    return p.stat().st_ino, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def tcpdump_count(path: Path) -> int:
+    """Packets tcpdump reads from ``path``; fails on any read error."""
+    proc = subprocess.run(
+        ["tcpdump", "-r", str(path), "-nn", "-q", "-t"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"tcpdump -r {path}: {proc.stderr.strip()}"
+    return len(proc.stdout.splitlines())
+
+
+def wait_archivers(d: Path, timeout: float = 60) -> None:
+    """Processes still working on ``d`` (a killed capture's archiver finishes its
+    jobs alone): wait until they are gone."""
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if str(d) in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
+                proc.wait(timeout)
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+            continue
+
+
+def check_catalogue(d: Path, counts: dict[str, int]) -> None:
+    """Rows and files agree: every closed file has one closed row with the packet
+    count tcpdump read and its size; no row names a file that is not there."""
+    with Catalogue.open(str(d)) as cat:
+        rows = {r.name: r for r in cat.files()}
+    on_disk = {p.name for p in d.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert set(rows) <= on_disk, f"rows without a file: {sorted(set(rows) - on_disk)}"
+    for name, packets in counts.items():
+        rec = rows.get(name)
+        assert rec is not None, f"{name}: no catalogue row"
+        assert rec.state == "closed", (name, rec.state)
+        assert (rec.packets, rec.size) == (packets, (d / name).stat().st_size), name
+
+
+def wait_for(predicate: object, timeout: float, step: float = 0.05) -> bool:
+    """Poll ``predicate()`` until true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(step)
+    return bool(predicate())  # type: ignore[operator]
