@@ -326,6 +326,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=1.0, help="traffic per step")
     ap.add_argument("--bulk-args", default="", help="extra bulk capture arguments")
     ap.add_argument("--no-hog", action="store_true", help="skip the CPU hog condition")
+    ap.add_argument("--conditions", default="idle,hog", help="idle, hog or both")
     ap.add_argument(
         "--rss-packets",
         type=int,
@@ -339,7 +340,7 @@ def main() -> int:
     BULK_ARGS.extend(args.bulk_args.split())
     rates = [int(r) for r in args.rates.split(",")]
     inputs = make_inputs()
-    conditions = ["idle"] if args.no_hog else ["idle", "hog"]
+    conditions = [c for c in args.conditions.split(",") if not (args.no_hog and c == "hog")]
     summary: list[str] = []
     with Link() as link:
         for cond in conditions:

@@ -322,8 +322,8 @@ def to_prometheus(status: Status) -> str:
         samples["bulk_capture_up"].append((lab, 1 if c.running else 0))
         if c.running and c.started_ns:
             samples["bulk_capture_start_time_seconds"].append((lab, c.started_ns / 1e9))
-        if not c.workers:
-            continue
+        if not c.running or not c.workers:
+            continue  # a stopped capture's last counters are not live figures
         samples["bulk_capture_workers"].append((lab, c.workers))
         samples["bulk_capture_packets_total"].append((lab, c.packets))
         samples["bulk_capture_bytes_total"].append((lab, c.bytes))

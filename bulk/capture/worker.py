@@ -242,8 +242,9 @@ class Worker:
                 reason = "size"
             if reason:
                 self._close(reopen=True, reason=reason)
-                if reason == "time" or opts.align:
-                    rotate_at = self._next_time_rotation(now)
+                # Rotation by time counts from the last rotation of any kind
+                # (or goes to the next clock boundary with --align).
+                rotate_at = self._next_time_rotation(now)
                 state_at = now  # report the switch at once (bulk rotate waits for it)
             if now >= state_at:
                 self.write_state()
