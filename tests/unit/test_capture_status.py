@@ -146,7 +146,9 @@ def test_status_of_a_running_fanout_capture(tmp_path: Path, holder: subprocess.P
         if line.startswith("# TYPE "):
             assert line.split()[3] in ("gauge", "counter")
             continue
-        m = re.fullmatch(r'([a-z_]+)\{(\w+)="((?:[^"\\]|\\.)*)"\} (-?[0-9.]+(?:e[+-]?[0-9]+)?)', line)
+        m = re.fullmatch(
+            r'([a-z_]+)\{(\w+)="((?:[^"\\]|\\.)*)"\} (-?[0-9.]+(?:e[+-]?[0-9]+)?)', line
+        )
         assert m, line
         assert m.group(1) in seen  # HELP and TYPE come first
     assert 'bulk_capture_up{interface="eth9"} 1' in prom
