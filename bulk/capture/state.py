@@ -48,6 +48,16 @@ class LiveState:
     rotate_seconds: float | None
     rotate_bytes: int | None
     stopping: bool = False
+    # Outages (bulk.capture.guard): reading paused on a full disk, interface down.
+    disk_full_since_ns: int | None = None  # paused now, since then
+    disk_full_pauses: int = 0
+    disk_full_seconds: float = 0.0  # paused, in ended pauses
+    disk_full_drops: int = 0  # packets the kernel dropped during ended pauses
+    link_down_since_ns: int | None = None  # the interface is down now, since then
+    link_downs: int = 0
+    link_down_seconds: float = 0.0  # down, in ended outages
+    last_gap_start_ns: int | None = None  # the last time capture stopped for a link down
+    last_gap_end_ns: int | None = None  # ... and resumed (None: not yet)
 
 
 def state_path(directory: str, interface: str, worker: int) -> str:

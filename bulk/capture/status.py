@@ -47,6 +47,16 @@ class CaptureStatus:
     last_rotation_ns: int | None = None
     state_age_s: float | None = None  # seconds since the live state was written
     state_stale: bool = False
+    # Outages (see bulk.capture.guard): now (since when) and in total since start.
+    disk_full_since_ns: int | None = None
+    disk_full_pauses: int = 0
+    disk_full_seconds: float = 0.0
+    disk_full_drops: int = 0
+    link_down_since_ns: int | None = None
+    link_downs: int = 0
+    link_down_seconds: float = 0.0
+    last_gap_start_ns: int | None = None
+    last_gap_end_ns: int | None = None
 
 
 @dataclass
@@ -107,6 +117,19 @@ def _add_states(st: CaptureStatus, states: list[LiveState], now_ns: int) -> None
     st.current_files = [s.current_file for s in states if s.current_file]
     rotations = [s.last_rotation_ns for s in states if s.last_rotation_ns]
     st.last_rotation_ns = max(rotations) if rotations else None
+    paused = [s.disk_full_since_ns for s in states if s.disk_full_since_ns is not None]
+    st.disk_full_since_ns = min(paused) if paused else None
+    st.disk_full_pauses = sum(s.disk_full_pauses for s in states)
+    st.disk_full_seconds = sum(s.disk_full_seconds for s in states)
+    st.disk_full_drops = sum(s.disk_full_drops for s in states)
+    down = [s.link_down_since_ns for s in states if s.link_down_since_ns is not None]
+    st.link_down_since_ns = min(down) if down else None
+    st.link_downs = max(s.link_downs for s in states)
+    st.link_down_seconds = max(s.link_down_seconds for s in states)
+    gaps = [s for s in states if s.last_gap_start_ns is not None]
+    if gaps:
+        last = max(gaps, key=lambda s: s.last_gap_start_ns or 0)
+        st.last_gap_start_ns, st.last_gap_end_ns = last.last_gap_start_ns, last.last_gap_end_ns
     oldest_update = min(s.updated_ns for s in states)
     st.state_age_s = (now_ns - oldest_update) / 1e9
     st.state_stale = st.running and st.state_age_s > STALE_STATE_S
@@ -215,6 +238,10 @@ def to_json(status: Status) -> dict[str, Any]:
         d = asdict(c)
         d["started_time"] = iso_ns(c.started_ns)
         d["last_rotation_time"] = iso_ns(c.last_rotation_ns)
+        d["disk_full_since_time"] = iso_ns(c.disk_full_since_ns)
+        d["link_down_since_time"] = iso_ns(c.link_down_since_ns)
+        d["last_gap_start_time"] = iso_ns(c.last_gap_start_ns)
+        d["last_gap_end_time"] = iso_ns(c.last_gap_end_ns)
         doc["captures"].append(d)
     a = doc["archive"]
     a["oldest_time"] = iso_ns(status.archive.oldest_ns)
@@ -267,6 +294,7 @@ def to_text(status: Status) -> str:
                 out.append(
                     f"  last rotation: {iso_ns(c.last_rotation_ns)} ({c.rotations} since start)"
                 )
+            out.extend(_outage_lines(c))
     a = status.archive
     used = 100.0 * (a.fs_bytes - a.free_bytes) / a.fs_bytes if a.fs_bytes else 0.0
     out.append(
@@ -284,6 +312,33 @@ def to_text(status: Status) -> str:
         packets = "?" if r["packets"] is None else f"{r['packets']:,}"
         out.append(f"  {r['name']}: {packets} packets, {drops} drops")
     return "\n".join(out) + "\n"
+
+
+def _outage_lines(c: CaptureStatus) -> list[str]:
+    """Disk-full pauses and interface outages: now, and since the capture started."""
+    out = []
+    if c.disk_full_since_ns is not None:
+        out.append(
+            f"  DISK FULL:     capture paused since {iso_ns(c.disk_full_since_ns)} "
+            "(the kernel drops packets until retention frees space)"
+        )
+    if c.disk_full_pauses:
+        out.append(
+            f"  disk full:     {c.disk_full_pauses} pauses since start, "
+            f"{c.disk_full_seconds:.1f} s, {c.disk_full_drops:,} packets dropped meanwhile"
+        )
+    if c.link_down_since_ns is not None:
+        out.append(
+            f"  INTERFACE DOWN: nothing captured since {iso_ns(c.link_down_since_ns)} "
+            "(capture resumes when it is back)"
+        )
+    if c.link_downs:
+        gap = f"{iso_ns(c.last_gap_start_ns)} .. {iso_ns(c.last_gap_end_ns) or 'now'}"
+        out.append(
+            f"  interface down: {c.link_downs} times since start, {c.link_down_seconds:.1f} s "
+            f"without capture; last gap {gap}"
+        )
+    return out
 
 
 def _label(value: str) -> str:
@@ -305,6 +360,12 @@ _METRICS: list[tuple[str, str, str]] = [
     ("bulk_capture_rotations_total", "counter", "file rotations since the capture started"),
     ("bulk_capture_last_rotation_timestamp_seconds", "gauge", "time of the last rotation"),
     ("bulk_capture_state_age_seconds", "gauge", "age of the live state file"),
+    ("bulk_capture_disk_full", "gauge", "1 while capture is paused on a full trace filesystem"),
+    ("bulk_capture_disk_full_pauses_total", "counter", "pauses on a full trace filesystem"),
+    ("bulk_capture_disk_full_seconds_total", "counter", "seconds paused on a full filesystem"),
+    ("bulk_capture_link_down", "gauge", "1 while the capture interface is down"),
+    ("bulk_capture_link_downs_total", "counter", "times the capture interface went down"),
+    ("bulk_capture_link_down_seconds_total", "counter", "seconds without capture, link down"),
     ("bulk_archive_files", "gauge", "closed trace files in the archive"),
     ("bulk_archive_open_files", "gauge", "trace files being written"),
     ("bulk_archive_bytes", "gauge", "bytes of trace files in the archive"),
@@ -340,6 +401,12 @@ def to_prometheus(status: Status) -> str:
             )
         if c.state_age_s is not None:
             samples["bulk_capture_state_age_seconds"].append((lab, c.state_age_s))
+        samples["bulk_capture_disk_full"].append((lab, int(c.disk_full_since_ns is not None)))
+        samples["bulk_capture_disk_full_pauses_total"].append((lab, c.disk_full_pauses))
+        samples["bulk_capture_disk_full_seconds_total"].append((lab, c.disk_full_seconds))
+        samples["bulk_capture_link_down"].append((lab, int(c.link_down_since_ns is not None)))
+        samples["bulk_capture_link_downs_total"].append((lab, c.link_downs))
+        samples["bulk_capture_link_down_seconds_total"].append((lab, c.link_down_seconds))
     a = status.archive
     lab = f'directory="{_label(a.directory)}"'
     samples["bulk_archive_files"].append((lab, a.files))

@@ -19,6 +19,7 @@ import signal
 import tempfile
 import time
 from types import FrameType
+from typing import Any
 
 from bulk.archive.listing import OPEN_SUFFIX
 from bulk.archive.naming import check_interface_name, series_names
@@ -78,7 +79,10 @@ def run_capture(opts: CaptureOptions) -> int:
             try:
                 handle = open_live(opts)
                 _log_start(opts)
-                run_worker(opts, handle, 0, archiver=archiver, repair=stale)
+                run_worker(
+                    opts, handle, 0, archiver=archiver, repair=stale,
+                    reopen=lambda: open_live(opts),
+                )  # fmt: skip
             finally:
                 archiver.stop()
         else:
@@ -225,12 +229,20 @@ def _worker_main(
         os.close(wfd)
         reported = True
 
+    def reopen() -> Any:
+        again = open_live(opts)
+        join_fanout(again, group)
+        return again
+
     archiver = Archiver(opts.directory, index=opts.index)
     archiver.start(after_fork=lambda: os.close(wfd))
     try:
         handle = open_live(opts)
         joined = join_fanout(handle, group)
-        run_worker(opts, handle, k, archiver=archiver, repair=[], joined_ns=joined, ready=ready)
+        run_worker(
+            opts, handle, k, archiver=archiver, repair=[], joined_ns=joined, ready=ready,
+            reopen=reopen,
+        )  # fmt: skip
     except BulkError as exc:
         if not reported:
             os.write(wfd, f"E{exc.exit_status} {exc}\n".encode())

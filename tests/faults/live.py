@@ -57,8 +57,9 @@ def wait_archivers(d: Path, timeout: float = 60) -> None:
 
 
 def check_catalogue(d: Path, counts: dict[str, int]) -> None:
-    """Rows and files agree: every closed file has one closed row with the packet
-    count tcpdump read and its size; no row names a file that is not there."""
+    """Rows and files agree: every closed (or compressed) file has one row in that
+    state with the packet count tcpdump read and its size; no row names a file
+    that is not there."""
     with Catalogue.open(str(d)) as cat:
         rows = {r.name: r for r in cat.files()}
     on_disk = {p.name for p in d.iterdir() if p.is_file() and not p.name.startswith(".")}
@@ -66,8 +67,36 @@ def check_catalogue(d: Path, counts: dict[str, int]) -> None:
     for name, packets in counts.items():
         rec = rows.get(name)
         assert rec is not None, f"{name}: no catalogue row"
-        assert rec.state == "closed", (name, rec.state)
+        want = "compressed" if name.endswith((".zst", ".gz")) else "closed"
+        assert rec.state == want, (name, rec.state)
         assert (rec.packets, rec.size) == (packets, (d / name).stat().st_size), name
+
+
+def traces(d: Path) -> list[Path]:
+    """Closed traces, compressed or not, in (worker, sequence) order."""
+    found = []
+    for p in d.iterdir():
+        name = parse_name(p.name)
+        if name is not None and not name.is_open and not p.name.endswith(".idx"):
+            found.append((name.worker, name.seq, p))
+    return [p for _w, _s, p in sorted(found)]
+
+
+def tcpdump_count_any(path: Path) -> int:
+    """tcpdump's packet count, through zstdcat/zcat for a compressed trace."""
+    if path.suffix not in (".zst", ".gz"):
+        return tcpdump_count(path)
+    cat = ["zstdcat"] if path.suffix == ".zst" else ["zcat"]
+    proc = subprocess.run(
+        f"{cat[0]} {str(path)!r} | tcpdump -r - -nn -q -t",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{cat[0]} {path} | tcpdump -r -: {proc.stderr.strip()}"
+    return len(proc.stdout.splitlines())
 
 
 def wait_for(predicate: object, timeout: float, step: float = 0.05) -> bool:

@@ -48,16 +48,21 @@ def numbered(data: bytes, n: int) -> bytes:
 
 
 def write_numbered_pcap(
-    path: str | os.PathLike[str], count: int, max_len: int = 1514, t0_s: int = 1_700_000_000
+    path: str | os.PathLike[str],
+    count: int,
+    max_len: int = 1514,
+    t0_s: int = 1_700_000_000,
+    first: int = 0,
 ) -> int:
-    """``count`` numbered frames (0..count-1), 1 ms apart. Returns the bytes written."""
-    if count > MAX_PACKETS:
+    """``count`` numbered frames (first..first+count-1), 1 ms apart. Returns the bytes
+    written."""
+    if first + count > MAX_PACKETS:
         raise ValueError(f"at most {MAX_PACKETS} numbered packets")
     frames = _ipv4_frames(max_len)
     size = 0
     with open(path, "wb") as f:
         f.write(pcap_header(1, 262144, False))
-        for i in range(count):
+        for i in range(first, first + count):
             frame = numbered(frames[i % len(frames)], i)
             ts = t0_s * 1_000_000_000 + i * 1_000_000
             f.write(record_header(ts, len(frame), len(frame), False))
