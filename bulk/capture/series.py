@@ -21,7 +21,7 @@ from typing import Any
 
 import pcapy
 
-from bulk.archive.naming import TraceName, create_exclusive
+from bulk.archive.naming import TraceName, create_exclusive, series_names
 from bulk.archive.scan import PCAP_HEADER, RECORD_HEADER
 from bulk.errors import ArchiveError
 
@@ -53,13 +53,27 @@ class Series:
     """The files of one (interface, worker) series; one is open at any time."""
 
     def __init__(
-        self, handle: Any, directory: str, interface: str, worker: int, next_seq: int
+        self,
+        handle: Any,
+        directory: str,
+        interface: str,
+        worker: int,
+        next_seq: int,
+        *,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.handle = handle
         self.directory = directory
         self.interface = interface
         self.worker = worker
         self.seq = next_seq
+        self.clock = clock
+        # The time in a name never goes back within a series (a clock stepped
+        # back): name order stays capture order. The true times are in the
+        # catalogue (opened_ns) and in the packets.
+        self._name_time_s = max(
+            (n.time_s for n in series_names(directory, interface, worker)), default=0
+        )
         self.current: OpenedFile | None = None
         self.packets = 0  # in the current file
         self.first_ns: int | None = None
@@ -73,10 +87,12 @@ class Series:
 
     def open_next(self) -> OpenedFile:
         """Create the next file (never reusing a name) and point the dumper at it."""
-        now = time.time_ns()
-        name = TraceName(now // 1_000_000_000, self.interface, self.seq, self.worker, ".open")
+        now = self.clock()
+        name_s = max(now // 1_000_000_000, self._name_time_s)
+        name = TraceName(name_s, self.interface, self.seq, self.worker, ".open")
         path, name = create_exclusive(self.directory, name)
         self.seq = name.seq + 1
+        self._name_time_s = name.time_s
         try:
             dumper = self.handle.dump_open(path)
         except pcapy.PcapError as exc:
@@ -154,7 +170,7 @@ class Series:
             self.packets = 0
             self.first_ns = None
         dumper.close()
-        closed_ns = time.time_ns()
+        closed_ns = self.clock()
         try:
             size = os.path.getsize(opened.path)
         except OSError:

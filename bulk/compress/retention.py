@@ -15,9 +15,10 @@ its reason.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bulk.archive.listing import traces_in_dir
+from bulk.archive.naming import parse_name
 from bulk.compress.budget import Budget, format_size
 from bulk.compress.safe import Archive, allocated, is_busy
 
@@ -86,8 +87,33 @@ def closed_traces(directory: str, archive: Archive) -> tuple[list[TraceFile], li
             files.append(TraceFile(path, allocated(path), rec.last_ns, "last packet"))
         else:
             files.append(TraceFile(path, allocated(path), mtime, "modified"))
+    files = in_capture_order(files)
     files.sort(key=lambda t: (t.time_ns, t.path))
     return files, busy
+
+
+def in_capture_order(files: list[TraceFile]) -> list[TraceFile]:
+    """Times that never go back within a capture series.
+
+    After the clock was stepped back, a series' later files hold earlier packet
+    times (and modification times) than the files before them: by those times
+    the newest captures would go first. A file of a series is therefore never
+    considered older than the file before it (by sequence number).
+    """
+    last: dict[tuple[str, int], int] = {}
+    keyed = []
+    for t in files:
+        name = parse_name(os.path.basename(t.path))
+        keyed.append(((name.interface, name.worker, name.seq) if name else None, t))
+    out = []
+    for key, t in sorted(keyed, key=lambda kt: kt[0] or ("", -1, -1)):
+        if key is not None:
+            series = key[:2]
+            if t.time_ns < last.get(series, t.time_ns):
+                t = replace(t, time_ns=last[series])
+            last[series] = t.time_ns
+        out.append(t)
+    return out
 
 
 def plan(
