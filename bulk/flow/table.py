@@ -52,7 +52,7 @@ from bulk.flow.analyzer import (
 )
 from bulk.flow.tcp import M32, ReassemblyLimits, TcpConn, TcpStream
 from bulk.trace.bpf import BpfFilter
-from bulk.trace.chunks import RecordChunk, pcap_chunks
+from bulk.trace.chunks import PcapRecords, pcap_records
 from bulk.trace.packet import LINKTYPE_ETHERNET, Packet
 from bulk.trace.source import iter_packets
 
@@ -131,7 +131,7 @@ class TableStats:
     other_protocols: int = 0  # IP protocols the table was told not to track
     flows: int = 0
     ended: dict[str, int] = field(default_factory=dict)
-    fast_path: int = 0  # packets handled in place by run_chunks (profiling aid)
+    fast_path: int = 0  # packets handled in place by run_records (profiling aid)
 
 
 class Flow:
@@ -337,26 +337,30 @@ class FlowTable:
         """Process the packets of ``paths`` in [start_ns, end_ns) matching ``bpf``.
 
         One classic pcap trace file (plain or compressed) goes through the
-        in-place fast path (:meth:`run_chunks`); several traces (merged in
+        in-place fast path (:meth:`run_records`); several traces (merged in
         time order) and pcapng go through :func:`bulk.trace.iter_packets`.
         The result is the same. Errors are those of ``iter_packets``; a trace
         cut mid-record raises after every whole packet was processed (call
         :meth:`finish` then).
         """
         flt = BpfFilter(bpf) if bpf else None
-        chunks = pcap_chunks(paths[0]) if len(paths) == 1 else None
-        if chunks is None:
+        records = pcap_records(paths[0]) if len(paths) == 1 else None
+        if records is None:
             return self.run(iter_packets(paths, start_ns, end_ns, bpf))
-        return self.run_chunks(chunks, start_ns, end_ns, flt)
+        try:
+            return self.run_records(records, start_ns, end_ns, flt)
+        finally:
+            records.close()
 
-    def run_chunks(
+    def run_records(
         self,
-        chunks: Iterable[RecordChunk],
+        records: PcapRecords,
         start_ns: int | None = None,
         end_ns: int | None = None,
         flt: BpfFilter | None = None,
     ) -> TableStats:
-        """Process pcap record chunks (:mod:`bulk.trace.chunks`), then :meth:`finish`.
+        """Process a classic pcap trace read in buffers (:mod:`bulk.trace.chunks`),
+        then :meth:`finish`.
 
         The hot path: an in-order TCP segment (IPv4 without options, Ethernet
         with at most one VLAN tag, no SYN/FIN/RST, no hole, stream already
@@ -378,19 +382,29 @@ class FlowTable:
         ip6 = _IP6_TCP
         lo = -(1 << 62) if start_ns is None else start_ns
         hi = 1 << 62 if end_ns is None else end_ns
-        for chunk in chunks:
-            buf, offsets, header, frac_ns, lt = chunk
-            unpack = header.unpack_from
+        unpack = records.header.unpack_from
+        frac_ns = records.frac_ns
+        maxcap = records.maxcap
+        lt = records.linktype
+        match = flt.program(lt) if flt is not None else None
+        ether = lt == LINKTYPE_ETHERNET
+        buf = records.refill(b"")
+        while buf is not None:
             outq = self._outq
-            match = flt.program(lt) if flt is not None else None
-            ether = lt == LINKTYPE_ETHERNET
             fast = 0
-            for pos in offsets:
+            n = len(buf)
+            pos = 0
+            while pos + 16 <= n:
                 sec, frac, caplen, wirelen = unpack(buf, pos)
+                off = pos + 16
+                if off + caplen > n or caplen > maxcap:
+                    if caplen > maxcap:
+                        records.corrupt(buf, pos, caplen)
+                    break  # the record continues in the next buffer
+                pos = off + caplen
                 ts = sec * 1_000_000_000 + frac * frac_ns
                 if ts < lo or ts >= hi:
                     continue
-                off = pos + 16
                 if match is not None and not match(buf[off : off + caplen]):
                     continue
                 if ts > self._now:
@@ -509,6 +523,7 @@ class FlowTable:
             stats.fast_path += fast
             fast = 0
             self._flush_all_queued()
+            buf = records.refill(buf[pos:])
         self.finish()
         return stats
 

@@ -1,24 +1,35 @@
-"""Whole pcap records in large chunks, for hot loops that decode in place.
+"""A classic pcap trace in large buffers, for hot loops that decode in place.
 
-:func:`pcap_chunks` reads a classic pcap trace file (any of the four
-variants, plain or gzip/zstd-compressed) and yields :class:`RecordChunk`
-objects: a buffer of about a megabyte and the offsets of the whole records in
-it. A consumer unpacks each 16-byte record header with ``chunk.header`` and
-decodes the packet bytes where they lie, without building a
-:class:`~bulk.trace.packet.Packet` or copying the bytes (the flow table's
-fast path does this). The same errors as :func:`bulk.trace.open_trace`: a
-record cut by the end of the file raises
-:class:`~bulk.errors.TruncatedTrace` after every whole record was delivered.
+:func:`pcap_records` opens a classic pcap trace file (any of the four
+variants, plain or gzip/zstd-compressed) and returns a :class:`PcapRecords`
+reader. Its consumer walks the records of each buffer itself::
 
-pcapng traces are not handled here (``pcap_chunks`` returns ``None``): use
-:func:`bulk.trace.iter_packets` for them.
+    buf = records.refill(b"")
+    while buf is not None:
+        pos = 0
+        while pos + 16 <= len(buf):
+            sec, frac, caplen, wirelen = records.header.unpack_from(buf, pos)
+            if caplen > records.maxcap:
+                records.corrupt(buf, pos, caplen)       # raises TraceError
+            if pos + 16 + caplen > len(buf):
+                break                                   # record continues in the next read
+            ...  # packet bytes: buf[pos + 16 : pos + 16 + caplen]
+            pos += 16 + caplen
+        buf = records.refill(buf[pos:])
+
+so no :class:`~bulk.trace.packet.Packet` is built and no bytes are copied
+(the flow table's fast path does this). Errors are those of
+:func:`bulk.trace.open_trace`: a record cut by the end of the file raises
+:class:`~bulk.errors.TruncatedTrace` from ``refill`` after every whole record
+was handed out.
+
+pcapng traces and standard input are not handled here (``pcap_records``
+returns ``None``): use :func:`bulk.trace.iter_packets` for them.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from typing import NamedTuple
 
 from bulk.errors import TraceError, TruncatedTrace
 from bulk.trace.reader import MAX_SNAPLEN, PCAP_MAGIC_NS, PCAP_MAGIC_US
@@ -30,25 +41,70 @@ _LE = struct.Struct("<IIII")
 _BE = struct.Struct(">IIII")
 
 
-class RecordChunk(NamedTuple):
-    """Whole pcap records: ``header.unpack_from(buf, off)`` gives
-    ``(sec, frac, caplen, wirelen)`` for each ``off`` in ``offsets``; the
-    packet bytes are ``buf[off + 16 : off + 16 + caplen]``; the time in ns is
-    ``sec * 1_000_000_000 + frac * frac_ns``."""
+class PcapRecords:
+    """An open classic pcap trace read in ``CHUNK_SIZE`` buffers.
 
-    buf: bytes
-    offsets: list[int]
-    header: struct.Struct
-    frac_ns: int
-    linktype: int
+    ``header.unpack_from(buf, pos)`` gives ``(sec, frac, caplen, wirelen)``;
+    the time in ns is ``sec * 1_000_000_000 + frac * frac_ns``.
+    """
+
+    def __init__(self, stream: TraceStream, path: str, head: bytes, little: bool) -> None:
+        endian = "<" if little else ">"
+        magic, _maj, _min, _zone, _sig, snaplen, network = struct.unpack(endian + "IHHiIII", head)
+        self.path = path
+        self.header = _LE if little else _BE
+        self.frac_ns = 1 if magic == PCAP_MAGIC_NS else 1000
+        self.linktype = network & 0xFFFF
+        self.maxcap = max(snaplen, MAX_SNAPLEN)
+        self._stream: TraceStream | None = stream
+        self._read = stream.file.read
+        self._total = 24  # bytes read from the stream so far
+        self._buf_offset = 24  # file offset of the current buffer's first byte
+
+    def refill(self, rest: bytes) -> bytes | None:
+        """The unconsumed ``rest`` of the last buffer plus the next read; None at the end.
+
+        Raises TruncatedTrace when the file ends inside a record.
+        """
+        if self._stream is None:
+            return None
+        rest_offset = self._total - len(rest)
+        more = self._read(CHUNK_SIZE)
+        if not more:
+            self.close()
+            if rest:
+                if len(rest) < 16:
+                    reason = f"record header has {len(rest)} of 16 bytes"
+                else:
+                    caplen = self.header.unpack_from(rest, 0)[2]
+                    reason = f"record has {len(rest) - 16} of {caplen} data bytes"
+                raise TruncatedTrace(self.path, rest_offset, f"truncated dump file: {reason}")
+            return None
+        self._total += len(more)
+        self._buf_offset = rest_offset
+        return rest + more if rest else more
+
+    def corrupt(self, buf: bytes, pos: int, caplen: int) -> None:
+        """Raise the error for a record whose captured length cannot be right."""
+        self.close()
+        raise TraceError(
+            self.path,
+            self._buf_offset + pos,
+            f"corrupt record: captured length {caplen} exceeds the maximum {self.maxcap}",
+        )
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
 
-def pcap_chunks(path: str) -> Iterator[RecordChunk] | None:
-    """Chunks of ``path`` if it is a classic pcap trace, else ``None`` (pcapng,
-    or standard input, whose first bytes could not be given back to another
-    reader).
+def pcap_records(path: str) -> PcapRecords | None:
+    """A :class:`PcapRecords` reader if ``path`` is a classic pcap trace file, else None.
 
-    Raises :class:`~bulk.errors.TraceError` if the file is not a trace.
+    None for pcapng, and for standard input (``-``), whose first bytes could
+    not be given back to another reader. Raises
+    :class:`~bulk.errors.TraceError` if the file is not a trace.
     """
     if path == "-":
         return None
@@ -67,57 +123,6 @@ def pcap_chunks(path: str) -> Iterator[RecordChunk] | None:
                 raise TruncatedTrace(
                     path, 0, f"pcap file header cut short ({len(head)} of 24 bytes)"
                 )
-            return _chunks(stream, path, head, le in (PCAP_MAGIC_US, PCAP_MAGIC_NS))
+            return PcapRecords(stream, path, head, le in (PCAP_MAGIC_US, PCAP_MAGIC_NS))
     stream.close()
     return None
-
-
-def _chunks(stream: TraceStream, path: str, head: bytes, little: bool) -> Iterator[RecordChunk]:
-    endian = "<" if little else ">"
-    magic, _maj, _min, _zone, _sig, snaplen, network = struct.unpack(endian + "IHHiIII", head)
-    frac_ns = 1 if magic == PCAP_MAGIC_NS else 1000
-    linktype = network & 0xFFFF
-    hdr = _LE if little else _BE
-    unpack = hdr.unpack_from
-    maxcap = max(snaplen, MAX_SNAPLEN)
-    read = stream.file.read
-    base = 24  # file offset of buf[0]
-    buf = b""
-    try:
-        while True:
-            more = read(CHUNK_SIZE)
-            if not more:
-                if buf:
-                    if len(buf) < 16:
-                        reason = f"record header has {len(buf)} of 16 bytes"
-                    else:
-                        caplen = unpack(buf, 0)[2]
-                        reason = f"record has {len(buf) - 16} of {caplen} data bytes"
-                    raise TruncatedTrace(path, base, f"truncated dump file: {reason}")
-                return
-            buf = buf + more if buf else more
-            n = len(buf)
-            pos = 0
-            offsets: list[int] = []
-            append = offsets.append
-            while pos + 16 <= n:
-                caplen = unpack(buf, pos)[2]
-                if caplen > maxcap:
-                    if offsets:
-                        yield RecordChunk(buf, offsets, hdr, frac_ns, linktype)
-                    raise TraceError(
-                        path,
-                        base + pos,
-                        f"corrupt record: captured length {caplen} exceeds the maximum {maxcap}",
-                    )
-                end = pos + 16 + caplen
-                if end > n:
-                    break
-                append(pos)
-                pos = end
-            if offsets:
-                yield RecordChunk(buf, offsets, hdr, frac_ns, linktype)
-            buf = buf[pos:]
-            base += pos
-    finally:
-        stream.close()

@@ -1,8 +1,7 @@
-"""The in-place fast path (FlowTable.run_chunks) gives exactly what the general path gives."""
+"""The in-place fast path (FlowTable.run_records) gives exactly what the general path gives."""
 
 from __future__ import annotations
 
-import io
 import random
 import struct
 from pathlib import Path
@@ -13,8 +12,9 @@ import pytest
 from bulk.errors import TraceError
 from bulk.flow.analyzer import Analyzer
 from bulk.flow.table import Flow, FlowConfig, FlowTable
+from bulk.trace import chunks as chunks_module
 from bulk.trace import iter_packets
-from bulk.trace.chunks import pcap_chunks
+from bulk.trace.chunks import pcap_records
 from bulk.trace.packet import Packet
 from tests.conftest import TRACE_IDS, TRACES
 from tests.pktbuild import ACK, FIN, PSH, Conn
@@ -195,19 +195,54 @@ def test_fast_path_equals_general_path_on_interleaved_flows(
     assert len(general) > 25 and any(g[12] or g[13] for g in general)
 
 
-def test_chunks_of_a_cut_file_deliver_whole_records_then_raise(tmp_path: Path) -> None:
+def walk(path: Path) -> list[int]:
+    """Caplens of the whole records, walked as run_records walks them."""
+    records = pcap_records(str(path))
+    assert records is not None
+    caplens = []
+    buf = records.refill(b"")
+    while buf is not None:
+        pos = 0
+        while pos + 16 <= len(buf):
+            caplen = records.header.unpack_from(buf, pos)[2]
+            if caplen > records.maxcap:
+                records.corrupt(buf, pos, caplen)
+            if pos + 16 + caplen > len(buf):
+                break
+            caplens.append(caplen)
+            pos += 16 + caplen
+        buf = records.refill(buf[pos:])
+    return caplens
+
+
+def test_records_of_a_cut_file_deliver_whole_records_then_raise(tmp_path: Path) -> None:
     path = tmp_path / "cut.pcap"
     c = Conn()
     pk = [*c.handshake(), c.c2s(0, b"x" * 100, ACK | PSH)]
     write_pcap(path, pk)
     data = path.read_bytes()
+    assert walk(path) == [len(p.data) for p in pk]
     path.write_bytes(data[:-30])
-    chunks = pcap_chunks(str(path))
-    assert chunks is not None
-    got = []
-    with pytest.raises(TraceError, match="truncated"):
-        for ch in chunks:
-            got += ch.offsets
-    assert len(got) == 3
-    assert pcap_chunks(str(TRACES[0].parent / "irc-dcc-send.pcapng")) is None
-    assert isinstance(io.BytesIO(), io.BytesIO)
+    with pytest.raises(TraceError, match="truncated dump file: record has") as err:
+        walk(path)
+    assert err.value.offset == len(data) - 16 - len(pk[-1].data)
+    path.write_bytes(data[: -len(pk[-1].data) - 10])
+    with pytest.raises(TraceError, match="record header has 6 of 16"):
+        walk(path)
+    bad = bytearray(data)
+    bad[24 + 8 : 24 + 12] = (10**7).to_bytes(4, "little")  # first caplen absurd
+    path.write_bytes(bytes(bad))
+    with pytest.raises(TraceError, match="corrupt record") as err:
+        walk(path)
+    assert err.value.offset == 24
+    assert pcap_records(str(TRACES[0].parent / "irc-dcc-send.pcapng")) is None
+    assert pcap_records("-") is None
+
+
+def test_records_span_buffer_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunks_module, "CHUNK_SIZE", 37)  # every record straddles reads
+    path = tmp_path / "t.pcap"
+    write_pcap(path, interleaved(3, n=6))
+    general, fast, s1, s2 = both_paths(str(path), True)
+    assert fast == general and s2.fast_path > 0
+    assert len(walk(path)) == s1.packets
