@@ -1,0 +1,220 @@
+"""Compression, retention and analysis running while capture is under load.
+
+Cron jobs on a sensor run while the capture writes: ``bulk compress`` with
+``--max-disk`` (compressing, then deleting the oldest traces), ``bulk rotate``
+switching files, and analyses reading the archive as it changes under them.
+With numbered frames (tests/faults/traffic.py) the archive is checked packet
+by packet: nothing is lost at all (kernel drops 0), retention deleted only the
+oldest traces so what is left is one unbroken run of numbers ending with the
+last packet sent, every trace reads in tcpdump (through zstdcat when
+compressed), no temporary or open file is left, and the catalogue matches
+the files. The analyses exit 0 (or 3 for the open file's cut tail) and never
+print a traceback, even when retention deletes a file they are about to read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_tool
+from tests.faults.harness import LONG
+from tests.faults.live import check_catalogue, tcpdump_count_any, traces, wait_archivers
+from tests.faults.traffic import packet_numbers, tcpreplay_sent, write_numbered_pcap
+from tests.integration.vethnet import LiveCapture, VethPair, veth_pair
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).parents[2]
+RATE = 5000
+PACKETS = 60000 if LONG else 30000
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[VethPair]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    for tool in ("ip", "tcpreplay", "tcpdump", "zstdcat"):
+        require_tool(tool)
+    with veth_pair() as p:
+        yield p
+
+
+class Loop:
+    """Run a command again and again in a thread until stopped; keep the results."""
+
+    def __init__(self, argv: list[str], every: float) -> None:
+        self.argv, self.every = argv, every
+        self.results: list[subprocess.CompletedProcess[str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.results.append(
+                subprocess.run(
+                    self.argv, capture_output=True, text=True, timeout=300, check=False, cwd=REPO
+                )
+            )
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> Loop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(300)
+
+
+def bulk(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bulk", *args]
+
+
+@dataclass
+class Scenario:
+    d: Path
+    sent: int
+    log: str
+    loops: dict[str, Loop]
+
+
+@pytest.fixture(scope="module")
+def scenario(pair: VethPair, tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    """One run: capture under load while the cron jobs and two analyses loop."""
+    tmp_path = tmp_path_factory.mktemp("concurrent")
+    d = tmp_path / "archive"
+    sent_file = tmp_path / "numbered.pcap"
+    write_numbered_pcap(sent_file, PACKETS)
+    budget = "3M"  # the archive holds a few seconds of this traffic: retention must work
+    cap = LiveCapture(pair, d, "--rotate-bytes", "256K").start()
+    try:
+        with (
+            Loop(bulk("compress", "--dir", str(d), "--older-than", "0", "--max-disk", budget),
+                 0.3) as compress,
+            Loop(bulk("extract", "--dir", str(d), "-w", str(tmp_path / "x.pcap"), "tcp"),
+                 0.2) as extract,
+            Loop(bulk("backdoor", "--dir", str(d), "--json"), 0.2) as backdoor,
+            Loop(pair.ns_cmd(pair.capture_ns, *bulk("rotate", "-i", pair.capture_dev,
+                                                    "--dir", str(d))), 1.0) as rotate,
+        ):  # fmt: skip
+            sent = tcpreplay_sent(pair.replay(sent_file, pps=RATE, timeout=600))
+            cap.wait_packets(sent, timeout=30)
+        # One more retention pass with the capture idle, as the next cron run would.
+        last = subprocess.run(
+            bulk("compress", "--dir", str(d), "--older-than", "0", "--max-disk", budget),
+            capture_output=True, text=True, timeout=300, check=False, cwd=REPO,
+        )  # fmt: skip
+        assert last.returncode == 0, last.stderr
+    finally:
+        assert cap.stop() == 0, cap.log_text()
+    wait_archivers(d)
+    loops = {"compress": compress, "extract": extract, "backdoor": backdoor, "rotate": rotate}
+    for what, loop in loops.items():
+        assert loop.results, f"{what} never ran"
+    print(
+        f"sent {sent}; "
+        + ", ".join(f"{len(loop.results)} {what} runs" for what, loop in loops.items())
+    )
+    return Scenario(d, sent, cap.log_text(), loops)
+
+
+def failures(loop: Loop, what: str, ok: tuple[int, ...]) -> list[str]:
+    return [
+        f"bulk {what} exit {res.returncode}: {res.stderr.strip()[-300:]}"
+        for res in loop.results
+        if "Traceback" in res.stderr or res.returncode not in ok
+    ]
+
+
+def test_capture_compress_retention_rotate_under_load(scenario: Scenario) -> None:
+    d, sent, log = scenario.d, scenario.sent, scenario.log
+    compress = scenario.loops["compress"]
+    bad = failures(compress, "compress", (0,)) + failures(scenario.loops["rotate"], "rotate", (0,))
+    assert not bad, "\n".join(bad)
+    deleted = sum(r.stdout.count("deleted ") for r in compress.results)
+    compressed = sum(r.stdout.count("compressed ") for r in compress.results)
+    print(f"{compressed} compressed, {deleted} deleted by retention")
+    assert deleted and compressed, "retention and compression must both have worked"
+    files = traces(d)
+    assert not list(d.glob("*.open")) and not [p for p in d.iterdir() if ".tmp" in p.name]
+    counts = {p.name: tcpdump_count_any(p) for p in files}
+    numbers = packet_numbers(files)
+    # Retention removed the oldest traces only: one unbroken run to the last packet.
+    assert numbers == list(range(numbers[0], sent)), "a gap in what retention kept"
+    check_catalogue(d, counts)
+    # Nothing lost at all: every packet sent is in a file closed by the capture.
+    closed = sum(int(n) for n in re.findall(r"\): (\d+) packets", log))
+    drops = sum(int(n) for n in re.findall(r"packets, \d+ bytes, (\d+) drops", log))
+    assert (closed, drops) == (sent, 0)
+
+
+def test_analyses_ran_over_the_changing_archive(scenario: Scenario) -> None:
+    """The analyses ran while the archive changed; what went wrong (if anything)
+    is printed here and pinned deterministically by the test below."""
+    for what in ("extract", "backdoor"):
+        assert scenario.loops[what].results, f"{what} never ran"
+        for line in failures(scenario.loops[what], what, (0, 3)):
+            print(line.splitlines()[0][:200])
+
+
+RACE_REASON = (
+    "archive readers list the directory, then open each file: a trace renamed meanwhile "
+    "(X.pcap.open -> X.pcap by rotation, X.pcap -> X.pcap.zst by compression) or deleted by "
+    "retention fails the whole run ('No such file or directory', exit 2; bulk extract: a "
+    "FileNotFoundError traceback from extraction/plan.py describe). Readers of an archive "
+    "should follow a renamed trace to its new name and skip, with a warning, one deleted "
+    "by retention."
+)
+
+
+@pytest.mark.parametrize("command", ["extract", "backdoor", "contents"])
+@pytest.mark.xfail(strict=True, reason=RACE_REASON)
+def test_archive_changing_between_listing_and_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """The race of the live scenario made deterministic: right after a reader lists
+    the archive, rotation finalises the open file, compression replaces a trace by
+    its .zst and retention deletes another."""
+    from bulk.archive import listing  # noqa: PLC0415
+    from bulk.compress.codec import CompressSettings, compress_file  # noqa: PLC0415
+    from tests.conftest import DATA  # noqa: PLC0415
+    from tests.faults.harness import run_cli  # noqa: PLC0415
+
+    d = tmp_path / "archive"
+    d.mkdir()
+    names = [f"bulk-20260101T00000{k}Z-eth0-00000{k}.pcap" for k in range(1, 4)]
+    for name, src in zip(names, ("zeek-http-get.pcap", "zeek-smtp.pcap", "ssh-on-port-80.pcap"),
+                         strict=True):  # fmt: skip
+        shutil.copy(DATA / src, d / name)
+    os.rename(d / names[2], d / (names[2] + ".open"))
+    real = listing.traces_in_dir
+
+    def racing(directory: str, include_open: bool = False) -> list[str]:
+        found = real(directory, include_open=True)
+        with open(d / (names[0] + ".zst"), "wb") as out:  # compression
+            compress_file(str(d / names[0]), out, CompressSettings(threads=1))
+        os.unlink(d / names[0])
+        os.unlink(d / names[1])  # retention
+        os.rename(d / (names[2] + ".open"), d / names[2])  # rotation
+        return found
+
+    monkeypatch.setattr(listing, "traces_in_dir", racing)
+    for module in ("backdoor", "contents"):
+        monkeypatch.setattr(f"bulk.commands.{module}.traces_in_dir", racing)
+    argv = {
+        "extract": ["extract", "--dir", str(d), "-w", str(tmp_path / "x.pcap"), "tcp"],
+        "backdoor": ["backdoor", "--dir", str(d), "--json"],
+        "contents": ["contents", "-q", "--dir", str(d), "-o", str(tmp_path / "out")],
+    }[command]
+    res = run_cli(argv)
+    assert "Traceback" not in res.stderr
+    assert res.status == 0, res.stderr
