@@ -17,4 +17,5 @@ COMMANDS: tuple[str, ...] = (
     "rotate",
     "status",
     "index",
+    "extract",
 )

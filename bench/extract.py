@@ -1,0 +1,250 @@
+"""Benchmark: `bulk extract` against `tcpdump -r FILE -w OUT FILTER` on the same input.
+
+1. Full scan of one big trace (default 500 MB, ``--size-mb`` up to 2048):
+   a selective filter (a host in about 1 packet in 2,000) and a broad one
+   (``tcp``), bulk and tcpdump alternately, best of ``--runs``; outputs are
+   compared byte for byte.
+2. The same trace compressed with ``zstd -3 -T2``: bulk extract on the .zst
+   (decompression in a child feeding libpcap) against ``zstd -dc | tcpdump -r -``.
+3. An archive of ``--files`` rotated traces (default 100 x 5 MB) where one host
+   appears in only three of them, each with its host index: ``bulk extract --dir``
+   against tcpdump run over every trace (one process per file, as a cron job
+   would), and against ``bulk extract --no-index``. Index build time is reported.
+
+Inputs are generated under bench/out/ (never committed) from the real packets of
+the bundled traces: Ethernet packets replayed with their IPv4 addresses rewritten
+per replica (last two octets XOR the replica number), so the archive holds
+thousands of distinct hosts, and 37 microseconds between packets.
+
+bulk runs as installed code would: with compiled bytecode (this repository's
+environment sets PYTHONDONTWRITEBYTECODE; the benchmark caches bytecode under
+bench/out/pycache instead), after one warm-up run.
+
+    python bench/extract.py                      # 500 MB trace, 100-file archive
+    python bench/extract.py --size-mb 2048 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bulk.archive.hostindex import write_index_for
+from bulk.errors import TraceError
+from bulk.trace import open_trace, pcap_header
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+OUT = ROOT / "bench" / "out"
+T0_US = 1_795_780_800 * 1_000_000  # 2026-11-27 12:00:00 UTC
+GAP_US = 37
+RARE = bytes([198, 51, 100, 77])  # TEST-NET-2: never in the real traces
+RARE_FILES = (40, 41, 42)
+_REC = struct.Struct("<IIII")
+
+
+def real_ethernet() -> list[bytes]:
+    out = []
+    for path in sorted(glob.glob(str(DATA / "*.pcap*"))):
+        try:
+            with open_trace(path) as reader:
+                out.extend(p.data for p in reader if p.linktype == 1 and len(p.data) >= 34)
+        except TraceError:
+            continue
+    return out
+
+
+def _rewrite(data: bytes, k: int, rare: bool) -> bytes:
+    if data[12:14] != b"\x08\x00":
+        return data
+    x0, x1 = (k >> 8) & 0xFF, k & 0xFF
+    src = data[26:28] + bytes([data[28] ^ x0, data[29] ^ x1])
+    dst = RARE if rare else data[30:32] + bytes([data[32] ^ x0, data[33] ^ x1])
+    return data[:26] + src + dst + data[34:]
+
+
+def write_trace(
+    path: Path, pool: list[bytes], size: int, t_us: int, replica: Callable[[int], int],
+    rare_every: int = 0,
+) -> int:  # fmt: skip
+    """Write ~``size`` bytes of replicas of ``pool``; returns the next timestamp."""
+    tmp = path.with_suffix(".tmp")
+    written = 24
+    n = 0
+    with open(tmp, "wb", buffering=1 << 20) as f:
+        f.write(pcap_header(1, 262144, False))
+        k = 0
+        while written < size:
+            rk = replica(k)
+            for data in pool:
+                n += 1
+                d = _rewrite(data, rk, bool(rare_every) and n % rare_every == 0)
+                f.write(_REC.pack(t_us // 1_000_000, t_us % 1_000_000, len(d), len(d)))
+                f.write(d)
+                written += 16 + len(d)
+                t_us += GAP_US
+                if written >= size:
+                    break
+            k += 1
+    os.replace(tmp, path)
+    return t_us
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.pop("PYTHONDONTWRITEBYTECODE", None)
+    e["PYTHONPYCACHEPREFIX"] = str(OUT / "pycache")
+    return e
+
+
+def timed(cmd: Sequence[str] | str) -> float:
+    """Wall time of one run (a string is a shell pipeline)."""
+    t = time.perf_counter()
+    shell = isinstance(cmd, str)
+    proc = subprocess.run(cmd, shell=shell, env=env(), capture_output=True, check=False)
+    dt = time.perf_counter() - t
+    if proc.returncode not in (0,):
+        raise SystemExit(f"{cmd!r} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
+    return dt
+
+
+def best(runs: int, *cmds: Sequence[str] | str) -> list[float]:
+    """Best time of each command, run alternately ``runs`` times."""
+    times: list[list[float]] = [[] for _ in cmds]
+    for _ in range(runs):
+        for i, cmd in enumerate(cmds):
+            times[i].append(timed(cmd))
+    return [min(t) for t in times]
+
+
+def row(label: str, bulk_s: float, ref_s: float, mb: float) -> None:
+    print(
+        f"| {label} | {bulk_s:.3f} s | {ref_s:.3f} s | {bulk_s / ref_s:.2f}x | "
+        f"{mb / bulk_s:,.0f} MB/s |"
+    )
+
+
+def bulk_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bulk", "extract", *args]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mb", type=int, default=500, help="big trace size (max 2048)")
+    ap.add_argument("--files", type=int, default=100, help="traces in the archive")
+    ap.add_argument("--file-mb", type=float, default=5.0, help="size of each archive trace")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--skip-zstd", action="store_true")
+    args = ap.parse_args()
+    if not 1 <= args.size_mb <= 2048:
+        raise SystemExit("--size-mb must be 1..2048")
+    tcpdump = shutil.which("tcpdump") or "tcpdump"
+    OUT.mkdir(parents=True, exist_ok=True)
+    pool = real_ethernet()
+
+    big = OUT / f"extract-{args.size_mb}mb.pcap"
+    if not big.exists():
+        t = time.perf_counter()
+        write_trace(big, pool, args.size_mb * 1_000_000, T0_US, lambda k: k % 4096)
+        print(f"generated {big} in {time.perf_counter() - t:.1f} s")
+    size_mb = big.stat().st_size / 1e6
+    host = "141.142.228.2"  # 141.142.228.5 of zeek-http-get, replica 7: 1 replica in 4096
+    out_b, out_t = OUT / "extract-bulk.pcap", OUT / "extract-tcpdump.pcap"
+    timed(bulk_cmd("-r", str(big), "-w", str(out_b), f"host {host}"))  # warm-up, bytecode
+    print(f"\n## full scan, {size_mb:,.0f} MB, best of {args.runs} (alternating)\n")
+    print("| filter | bulk extract | tcpdump -r -w | ratio | bulk MB/s |")
+    print("| --- | --- | --- | --- | --- |")
+    for expr in (f"host {host}", "tcp"):
+        b, t = best(
+            args.runs,
+            bulk_cmd("-r", str(big), "-w", str(out_b), expr),
+            [tcpdump, "-r", str(big), "-w", str(out_t), expr],
+        )
+        same = out_b.read_bytes() == out_t.read_bytes()
+        row(
+            f"`{expr}` ({out_t.stat().st_size / 1e6:,.1f} MB out, identical: {same})", b, t, size_mb
+        )
+
+    if not args.skip_zstd:
+        zst = big.with_suffix(".pcap.zst")
+        if not zst.exists():
+            subprocess.run(["zstd", "-q", "-3", "-T2", "-f", str(big), "-o", str(zst)], check=True)
+        print(f"\n## zstd-compressed copy ({zst.stat().st_size / 1e6:,.0f} MB)\n")
+        print("| filter | bulk extract FILE.zst | zstd -dc \\| tcpdump -r - | ratio | MB/s |")
+        print("| --- | --- | --- | --- | --- |")
+        expr = f"host {host}"
+        b, t = best(
+            args.runs,
+            bulk_cmd("-r", str(zst), "-w", str(out_b), expr),
+            f"zstd -dc {zst} | "
+            + shlex.join([tcpdump, "-r", "-", "-w", str(out_t), expr])
+            + " 2>/dev/null",
+        )
+        row(f"`{expr}` (identical: {out_b.read_bytes() == out_t.read_bytes()})", b, t, size_mb)
+
+    arch = OUT / f"extract-archive-{args.files}x{args.file_mb:g}mb"
+    if not arch.exists():
+        t = time.perf_counter()
+        tmp = arch.with_name(arch.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        t_us = T0_US
+        for i in range(args.files):
+            name = tmp / f"bulk-20261127T{i // 60:02d}{i % 60:02d}00Z-eth0-{i:06d}.pcap"
+            t_us = write_trace(
+                name, pool, int(args.file_mb * 1e6), t_us, lambda k, i=i: (i * 64 + k) % 4096,
+                rare_every=500 if i in RARE_FILES else 0,
+            )  # fmt: skip
+        os.replace(tmp, arch)
+        print(f"\ngenerated {arch} in {time.perf_counter() - t:.1f} s")
+    traces = sorted(str(p) for p in arch.glob("*.pcap"))
+    arch_mb = sum(os.path.getsize(p) for p in traces) / 1e6
+    t = time.perf_counter()
+    for p in traces:
+        write_index_for(p)
+    t_index = time.perf_counter() - t
+    idx_kb = sum(os.path.getsize(p + ".idx") for p in traces) / 1e3
+    expr = f"host {'.'.join(map(str, RARE))}"
+    per_file = " ; ".join(
+        shlex.join([tcpdump, "-r", p, "-w", f"{OUT}/extract-td-{i}.pcap", expr]) + " 2>/dev/null"
+        for i, p in enumerate(traces)
+    )
+    with_idx = shlex.join(bulk_cmd("--dir", str(arch), "-w", str(out_b), expr))
+    no_idx = shlex.join(
+        bulk_cmd("--dir", str(arch), "--no-index", "-w", str(out_b) + ".noidx", expr)
+    )
+    timed(with_idx)
+    b, n, t = best(args.runs, with_idx, no_idx, per_file)
+    ours = out_b.read_bytes()
+    theirs = b"".join(
+        Path(f"{OUT}/extract-td-{i}.pcap").read_bytes()[24:] for i in range(len(traces))
+    )
+    same = ours[24:] == theirs and Path(str(out_b) + ".noidx").read_bytes() == ours
+    print(
+        f"\n## archive: {len(traces)} traces, {arch_mb:,.0f} MB, host in {len(RARE_FILES)} "
+        f"of them; best of {args.runs}\n"
+    )
+    print("| run | time | ratio to tcpdump |\n| --- | --- | --- |")
+    print(
+        f"| bulk extract --dir (host index) | {b:.3f} s | {b / t:.3f}x ({t / b:.1f} times faster) |"
+    )
+    print(f"| bulk extract --dir --no-index | {n:.3f} s | {n / t:.2f}x |")
+    print(f"| tcpdump -r -w, one run per trace | {t:.3f} s | 1.00x |")
+    print(
+        f"\nsame packets as tcpdump: {same}; {len(ours) - 24:,} bytes out.\n"
+        f"index build: {t_index:.1f} s for {arch_mb:,.0f} MB ({arch_mb / t_index:,.0f} MB/s, "
+        f"in-process), {idx_kb:,.0f} kB of index files ({idx_kb / arch_mb / 10:.3f}% of the traces)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""``bulk extract``: the packets matching a BPF filter, from traces or the archive."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import BinaryIO
+
+from bulk.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRUNCATED, TruncatedTrace, UsageError
+
+NAME = "extract"
+HELP = "write the packets matching a tcpdump filter, from traces or the whole archive"
+DESCRIPTION = """\
+Write every packet that matches a BPF filter expression (tcpdump's syntax and
+semantics: libpcap compiles and runs it, in C) from one or more traces, or
+from a whole archive directory, merged in time order, as one pcap to -w FILE
+or to standard output (never a terminal). It is the classic
+
+    tcpdump -r bulk.trace -w good.trace 'host w.x.y.z'
+
+over any number of files, compressed or not, restricted to a time window.
+Output is byte for byte what 'tcpdump -r FILE -w OUT FILTER' writes for a
+microsecond trace; a nanosecond trace gives nanosecond output (as tcpdump
+--time-stamp-precision=nano).
+
+Traces with a host index (FILE.idx, written when capture closes a trace) are
+skipped without being read when the filter needs a host, net, port or
+protocol they do not hold, or when they hold nothing in the time window;
+--no-index reads everything. Skipping never changes the output.
+
+The window (--start, --end, both inclusive) takes the times of 'bulk slice'
+(see docs/timespec.md): epoch seconds, ISO 8601, '10m ago', 13h15m, +5m, ...
+
+A trace cut short (a crash, a copy in progress) gives every packet before
+the cut; the run ends with exit status 3 and one line naming the file.
+
+examples:
+  bulk extract -r bulk.pcap -w good.pcap 'host 10.1.2.3'
+  bulk extract --dir /srv/bulk/traces --start '2h ago' 'host 10.1.2.3 and port 22' \\
+      | tcpdump -nr -
+  bulk extract --dir /srv/bulk/traces --start 2026-11-27T13:00Z --end +15m \\
+      -w incident.pcap 'net 192.0.2.0/24 or host 2001:db8::7'
+  bulk extract -r a.pcap.zst -r b.pcap -w out.pcap 'tcp[13] & 2 != 0'
+  bulk slice 13h15m +5m big.pcap | bulk extract -r - -w out.pcap 'udp port 53'
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "expression",
+        nargs="*",
+        metavar="EXPRESSION",
+        help="BPF filter, tcpdump syntax (several words are joined; none: every packet)",
+    )
+    parser.add_argument(
+        "-r",
+        "--read",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a trace (pcap, pcapng, .gz/.zst; '-' is stdin); repeatable",
+    )
+    parser.add_argument(
+        "--dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="an archive directory: every trace in it (repeatable)",
+    )
+    parser.add_argument(
+        "--closed-only",
+        action="store_true",
+        help="with --dir, leave out the trace still being captured (*.open)",
+    )
+    parser.add_argument("--start", metavar="TIME", help="first packet time to keep (inclusive)")
+    parser.add_argument("--end", metavar="TIME", help="last packet time to keep (inclusive)")
+    parser.add_argument("-w", "--write", metavar="FILE", help="write to FILE ('-': stdout)")
+    parser.add_argument(
+        "-F", "--filter-file", metavar="FILE", help="read the expression from FILE (as tcpdump -F)"
+    )
+    parser.add_argument(
+        "--no-index", action="store_true", help="read every trace, ignore host indexes"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say on stderr what the index skipped and what was read",
+    )
+
+
+def _expression(args: argparse.Namespace) -> str:
+    if args.filter_file:
+        if args.expression:
+            raise UsageError("give the expression either with -F or on the command line")
+        try:
+            with open(args.filter_file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise UsageError(f"{args.filter_file}: {exc.strerror or exc}") from None
+        # tcpdump -F: '#' starts a comment to the end of the line.
+        return " ".join(line.split("#", 1)[0] for line in text.splitlines()).strip()
+    return " ".join(args.expression).strip()
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    from bulk.archive.listing import traces_in_dir  # noqa: PLC0415
+
+    paths = list(args.read)
+    for directory in args.dir:
+        paths.extend(traces_in_dir(directory, include_open=not args.closed_only))
+    if not paths:
+        if args.dir:
+            raise UsageError("no trace files in " + ", ".join(args.dir))
+        raise UsageError("no input: give -r FILE or --dir DIR")
+    if paths.count("-") > 1:
+        raise UsageError("standard input can be given only once")
+    for p in paths:
+        if p != "-" and os.path.isdir(p):
+            raise UsageError(f"{p} is a directory: use --dir {p}")
+    return paths
+
+
+def _open_output(target: str | None) -> tuple[BinaryIO, bool]:
+    if target is None or target == "-":
+        if sys.stdout.isatty():
+            raise UsageError(
+                "refusing to write pcap to a terminal: use -w FILE, or pipe into a program"
+            )
+        return open(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False), False
+    try:
+        return open(target, "wb", buffering=1 << 20), True
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from bulk.archive.listing import OPEN_SUFFIX  # noqa: PLC0415
+    from bulk.extraction import describe, make_plan, write_plan  # noqa: PLC0415
+    from bulk.timespec import TimeWindow, needs_reference, parse_timespec  # noqa: PLC0415
+    from bulk.trace import compile_bpf  # noqa: PLC0415
+
+    expression = _expression(args)
+    paths = _inputs(args)
+    inputs = [describe(p, use_index=not args.no_index) for p in paths]
+    # A bad filter fails before any output, with libpcap's message.
+    linktypes = {lt for i in inputs for lt in i.linktypes} or {1}
+    if expression:
+        for lt in sorted(linktypes):
+            compile_bpf(expression, 12 if lt == 101 else lt)
+    first_ns = min((i.order_ns for i in inputs if i.order_ns is not None), default=None)
+    for spec in (args.start, args.end):
+        if spec is not None and needs_reference(spec) and first_ns is None:
+            raise UsageError(f"time {spec!r} is relative to the first packet, and there is none")
+    start_ns = parse_timespec(args.start, first_ns) if args.start is not None else None
+    end_ns = (
+        parse_timespec(args.end, first_ns, is_end=True, start_ns=start_ns)
+        if args.end is not None
+        else None
+    )
+    window = TimeWindow(start_ns, end_ns)
+    plan = make_plan(paths, expression, window, use_index=not args.no_index, inputs=inputs)
+    if args.verbose:
+        sys.stderr.write(
+            f"bulk extract: {len(plan.inputs)} traces, {len(plan.to_read)} to read, "
+            f"{plan.skipped_by_index} skipped by the host index, {plan.skipped_by_time} "
+            f"outside the window; the filter requires {plan.requirement.describe()}\n"
+        )
+    out, owned = _open_output(args.write)
+    try:
+        report = write_plan(plan, expression, window, out)
+    finally:
+        if owned:
+            out.close()
+    status = EXIT_OK
+    for err in report.errors:
+        truncated = isinstance(err, TruncatedTrace)
+        if truncated and err.path.endswith(OPEN_SUFFIX):
+            continue  # the trace being captured ends mid-record: expected
+        sys.stderr.write(f"bulk extract: {err}\n")
+        if not truncated:
+            status = EXIT_BAD_INPUT
+        elif status == EXIT_OK:
+            status = EXIT_TRUNCATED
+    if args.verbose:
+        methods = ", ".join(f"{k} {v}" for k, v in sorted(report.methods.items()))
+        written = (
+            "packets written by libpcap's dumper"
+            if report.packets < 0
+            else f"{report.packets} packets, {report.bytes} bytes written"
+        )
+        sys.stderr.write(
+            f"bulk extract: {written}{' (read: ' + methods + ')' if methods else ''}\n"
+        )
+    return status

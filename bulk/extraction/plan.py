@@ -1,0 +1,193 @@
+"""Which traces an extraction reads, in what order, and the output's pcap header.
+
+Every input is described once: from its host index when a valid one exists
+(no need to touch the trace), otherwise by opening it (header and first
+packet). Then:
+
+- a trace whose complete index says it holds no packet in the time window,
+  or none of the hosts, nets, ports or protocols the filter requires
+  (:func:`bulk.bpfquery.requirements`), is skipped without being read;
+- the others are read in order of their earliest time (the index's lowest
+  time, or the first packet's), so that a time-ordered merge only needs the
+  traces whose time ranges overlap open at once;
+- the output header (link type, snaplen, resolution) is computed over ALL
+  inputs, skipped or not, so skipping never changes a single output byte.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from bulk.archive.hostindex import HostIndex, load_index_for
+from bulk.bpfquery import ALWAYS, Requirement, requirements
+from bulk.errors import TraceError, UsageError
+from bulk.timespec import TimeWindow
+from bulk.trace import Packet, linktype_name, open_trace
+
+MAX_SNAPLEN = 262144
+
+
+@dataclass
+class Input:
+    """One trace in the scope of an extraction."""
+
+    path: str
+    format: str
+    compression: str | None
+    linktypes: tuple[int, ...]
+    snaplen: int
+    nanosecond: bool
+    size: int
+    order_ns: int | None  # earliest time known (index lowest, or first packet)
+    time_ordered: bool = False  # known from the index only
+    index: HostIndex | None = None
+    skip: str | None = None  # why it is not read: "time" or "index"
+    # Standard input can be read once only: its packets, first one included.
+    pending: Iterator[Packet] | None = field(default=None, repr=False)
+
+    @property
+    def linktype(self) -> int:
+        return self.linktypes[0] if self.linktypes else -1
+
+
+@dataclass
+class Plan:
+    inputs: list[Input]
+    requirement: Requirement
+    linktype: int
+    snaplen: int
+    nanosecond: bool
+    to_read: list[Input] = field(default_factory=list)
+
+    @property
+    def skipped_by_index(self) -> int:
+        return sum(1 for i in self.inputs if i.skip == "index")
+
+    @property
+    def skipped_by_time(self) -> int:
+        return sum(1 for i in self.inputs if i.skip == "time")
+
+
+def adjust_snaplen(snaplen: int) -> int:
+    """What libpcap (1.10) reports as a file's snapshot length: 0 means the maximum."""
+    return MAX_SNAPLEN if snaplen <= 0 else snaplen
+
+
+def describe(path: str, use_index: bool) -> Input:
+    """An input, from its index if valid, else from its header and first packet."""
+    index = load_index_for(path) if use_index and path != "-" else None
+    size = os.path.getsize(path) if path != "-" else 0
+    if index is not None:
+        meta = index.meta
+        return Input(
+            path=path,
+            format=str(meta["format"]),
+            compression=meta.get("compression"),
+            linktypes=tuple(index.linktypes),
+            snaplen=int(meta.get("snaplen") or 0),
+            nanosecond=bool(meta.get("nanosecond")),
+            size=size,
+            order_ns=index.min_ns,
+            time_ordered=bool(meta.get("time_ordered")),
+            index=index,
+        )
+    if path == "-":
+        return _describe_stdin()
+    with open_trace(path) as reader:
+        try:
+            first = next(iter(reader), None)
+        except TraceError:
+            first = None  # damaged from the first record: reading reports it
+        return Input(
+            path=path,
+            format=reader.format,
+            compression=reader.compression,
+            linktypes=tuple(reader.linktypes),
+            snaplen=reader.snaplen,
+            nanosecond=reader.nanosecond,
+            size=size,
+            order_ns=first.ts_ns if first is not None else None,
+        )
+
+
+def _describe_stdin() -> Input:
+    reader = open_trace("-")
+    packets = iter(reader)
+    try:
+        first = next(packets, None)
+    except TraceError:
+        first = None
+    pending = packets if first is None else itertools.chain((first,), packets)
+    return Input(
+        path="-",
+        format=reader.format,
+        compression=reader.compression,
+        linktypes=tuple(reader.linktypes),
+        snaplen=reader.snaplen,
+        nanosecond=reader.nanosecond,
+        size=0,
+        order_ns=first.ts_ns if first is not None else None,
+        pending=pending,
+    )
+
+
+def _outside(index: HostIndex, window: TimeWindow) -> bool:
+    lo, hi = index.min_ns, index.max_ns
+    if lo is None or hi is None:
+        return index.packets == 0
+    if window.start_ns is not None and hi < window.start_ns:
+        return True
+    return window.end_ns is not None and lo > window.end_ns
+
+
+def make_plan(
+    paths: Sequence[str],
+    expression: str,
+    window: TimeWindow,
+    use_index: bool = True,
+    inputs: Sequence[Input] | None = None,
+) -> Plan:
+    """Describe every input, decide what to skip, and fix the output header.
+
+    ``inputs`` may be given already described (the command describes them
+    first to resolve relative times against the first packet).
+    """
+    described = list(inputs) if inputs is not None else [describe(p, use_index) for p in paths]
+    req = requirements(expression) if use_index else ALWAYS
+    linktype = -1
+    first_path = ""
+    for inp in described:
+        for lt in inp.linktypes:
+            if linktype == -1:
+                linktype, first_path = lt, inp.path
+            elif lt != linktype:
+                raise UsageError(
+                    f"{inp.path} has link type {linktype_name(lt)} ({lt}) but {first_path} has "
+                    f"{linktype_name(linktype)} ({linktype}); a pcap holds one link type: "
+                    "extract from them separately"
+                )
+    snaplen = max((adjust_snaplen(i.snaplen) for i in described), default=MAX_SNAPLEN)
+    nanosecond = any(i.nanosecond for i in described)
+    for inp in described:
+        inp.skip = None
+        ix = inp.index
+        if ix is None or not ix.complete:
+            continue
+        if _outside(ix, window):
+            inp.skip = "time"
+        elif not req.holds(ix):
+            inp.skip = "index"
+    to_read = [i for i in described if i.skip is None]
+    # Earliest first; unknown times (empty or damaged files) first, they cost nothing.
+    to_read.sort(key=lambda i: -1 if i.order_ns is None else i.order_ns)
+    return Plan(
+        inputs=described,
+        requirement=req,
+        linktype=linktype if linktype != -1 else 1,
+        snaplen=snaplen,
+        nanosecond=nanosecond,
+        to_read=to_read,
+    )
