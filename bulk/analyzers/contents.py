@@ -222,7 +222,7 @@ class ContentsAnalyzer(Analyzer[_Conn]):
         state.flow = None
         self.connections += 1
         if self._summary is not None:
-            self._summary.write(json.dumps(self._record(flow, state, reason)) + "\n")
+            self._summary.write(self._record_line(flow, state, reason))
 
     def finish(self) -> None:
         self.close()
@@ -257,6 +257,30 @@ class ContentsAnalyzer(Analyzer[_Conn]):
             "roles": flow.role,
             "end_reason": reason,
         }
+
+    def _record_line(self, flow: Flow, st: _Conn, reason: str) -> str:
+        """:meth:`_record` as one JSON line, formatted directly (several times
+        faster than ``json.dumps``; every string but ``roles`` is made of
+        address, digit and name characters that need no escaping)."""
+        streams = flow.streams
+        m0, m1 = (streams[0].midstream, streams[1].midstream) if streams else (False, False)
+        f0 = f'"{st.names[0]}"' if st.created[0] else "null"
+        f1 = f'"{st.names[1]}"' if st.created[1] else "null"
+        return (
+            f'{{"ts": {round(flow.start_ns / 1e9, 6)!r}, "uid": "{flow.uid}",'
+            f' "orig_h": "{flow.orig_h}", "orig_p": {flow.orig_p},'
+            f' "resp_h": "{flow.resp_h}", "resp_p": {flow.resp_p},'
+            f' "start": "{self._iso(flow.start_ns)}", "end": "{self._iso(flow.last_ns)}",'
+            f' "duration": {round((flow.last_ns - flow.start_ns) / 1e9, 9)!r},'
+            f' "orig_bytes": {st.nbytes[0]}, "resp_bytes": {st.nbytes[1]},'
+            f' "orig_gaps": {st.gaps[0]}, "resp_gaps": {st.gaps[1]},'
+            f' "orig_gap_bytes": {st.gap_bytes[0]}, "resp_gap_bytes": {st.gap_bytes[1]},'
+            f' "orig_file": {f0}, "resp_file": {f1},'
+            f' "orig_pkts": {flow.pkts[0]}, "resp_pkts": {flow.pkts[1]},'
+            f' "orig_midstream": {"true" if m0 else "false"},'
+            f' "resp_midstream": {"true" if m1 else "false"},'
+            f' "roles": {json.dumps(flow.role)}, "end_reason": "{reason}"}}\n'
+        )
 
     def _iso(self, ns: int) -> str:
         """ISO 8601 UTC with nine decimals (as ``bulk.summary.iso_ns``), cached per second."""

@@ -13,7 +13,8 @@ import pytest
 from bulk.analyzers.contents import ContentsAnalyzer, stream_name
 from bulk.cli import main
 from bulk.errors import BulkError, UsageError
-from bulk.flow.table import FlowConfig, FlowTable
+from bulk.flow.analyzer import Analyzer
+from bulk.flow.table import Flow, FlowConfig, FlowTable
 from bulk.trace.packet import Packet
 from tests.pktbuild import ACK, FIN, PSH, RST, Conn
 
@@ -197,3 +198,34 @@ def test_cli_filter_window_and_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [r["orig_p"] for r in recs] == [1111, 2222]  # everything before the cut
     assert recs[1]["orig_bytes"] == 0 and recs[0]["orig_bytes"] == 1
     assert PSH  # flags helper imported for readers of this file
+
+
+def test_summary_line_is_the_record_as_json(tmp_path: Path) -> None:
+    """The hand-formatted JSON line says exactly what the record dict says."""
+
+    class Quoter(Analyzer[int]):
+        name = "quoter"
+        wants_stream = True
+
+        def on_flow_start(self, flow: Flow) -> int:
+            return 1
+
+        def on_data(self, flow: Flow, state: int, direction: int, data: bytes, ts_ns: int) -> None:
+            flow.swap_roles('a "quoted" \\ role')
+
+    out = tmp_path / "o"
+    analyzer = ContentsAnalyzer(str(out))
+    seen: list[dict[str, Any]] = []
+    original = analyzer.on_flow_end
+
+    def spy(flow: Any, state: Any, reason: str) -> None:
+        original(flow, state, reason)  # writes the files, then the line
+        seen.append(analyzer._record(flow, state, reason))
+
+    analyzer.on_flow_end = spy  # type: ignore[method-assign]
+    a, b = Conn(c="2001:db8::7", s="2001:db8::8"), Conn(cp=5)
+    pk = [*a.handshake(), a.c2s(0, b"x"), b.s2c(0, b"midstream")]
+    FlowTable([Quoter(), analyzer], FlowConfig()).run(pk)
+    lines = [json.loads(x) for x in (out / "contents.jsonl").read_text().splitlines()]
+    assert lines == seen and len(lines) == 2
+    assert {r["roles"] for r in lines} == {"syn", 'a "quoted" \\ role'}
