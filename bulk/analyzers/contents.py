@@ -146,22 +146,38 @@ class ContentsAnalyzer(Analyzer[_Conn]):
         self._iso_prefix = ""
         self._chunk = cfg.chunk_bytes
         self._cap = cfg.buffer_bytes
-        os.makedirs(cfg.outdir, exist_ok=True)
-        existing = sorted(n for n in os.listdir(cfg.outdir) if n.startswith(NAME_PREFIX))
+        try:
+            os.makedirs(cfg.outdir, exist_ok=True)
+            existing = sorted(n for n in os.listdir(cfg.outdir) if n.startswith(NAME_PREFIX))
+        except OSError as exc:
+            raise UsageError(
+                f"{cfg.outdir}: cannot use as the output directory: {exc.strerror}"
+            ) from None
         if existing:
             raise UsageError(
                 f"{cfg.outdir} already holds contents output ({existing[0]}, ...): "
                 "choose an empty or new directory"
             )
-        self._dirfd = os.open(cfg.outdir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            self._dirfd = os.open(cfg.outdir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as exc:
+            raise UsageError(
+                f"{cfg.outdir}: cannot use as the output directory: {exc.strerror}"
+            ) from None
         self._summary: IO[str] | None = None
         if cfg.summary:
-            fd = os.open(
-                SUMMARY_NAME,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS,
-                _FILE_MODE,
-                dir_fd=self._dirfd,
-            )
+            try:
+                fd = os.open(
+                    SUMMARY_NAME,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS,
+                    _FILE_MODE,
+                    dir_fd=self._dirfd,
+                )
+            except OSError as exc:
+                os.close(self._dirfd)
+                raise UsageError(
+                    f"{cfg.outdir}: cannot write {SUMMARY_NAME}: {exc.strerror}"
+                ) from None
             self._summary = os.fdopen(fd, "w", encoding="utf-8")
 
     # ---- hooks -----------------------------------------------------------
