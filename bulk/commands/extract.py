@@ -104,12 +104,16 @@ def _expression(args: argparse.Namespace) -> str:
     return " ".join(args.expression).strip()
 
 
-def _inputs(args: argparse.Namespace) -> list[str]:
+def _inputs(args: argparse.Namespace) -> tuple[list[str], set[str]]:
+    """Every input path, and those found by listing an archive (which may move)."""
     from bulk.archive.listing import traces_in_dir  # noqa: PLC0415
 
     paths = list(args.read)
+    listed: set[str] = set()
     for directory in args.dir:
-        paths.extend(traces_in_dir(directory, include_open=not args.closed_only))
+        found = traces_in_dir(directory, include_open=not args.closed_only)
+        paths.extend(found)
+        listed.update(found)
     if not paths:
         if args.dir:
             raise UsageError("no trace files in " + ", ".join(args.dir))
@@ -119,7 +123,7 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     for p in paths:
         if p != "-" and os.path.isdir(p):
             raise UsageError(f"{p} is a directory: use --dir {p}")
-    return paths
+    return paths, listed
 
 
 def _open_output(target: str | None) -> tuple[BinaryIO, bool]:
@@ -138,12 +142,24 @@ def _open_output(target: str | None) -> tuple[BinaryIO, bool]:
 def run(args: argparse.Namespace) -> int:
     from bulk.archive.listing import OPEN_SUFFIX  # noqa: PLC0415
     from bulk.extraction import describe, make_plan, write_plan  # noqa: PLC0415
+    from bulk.extraction.plan import Vanished, describe_member  # noqa: PLC0415
     from bulk.timespec import TimeWindow, needs_reference, parse_timespec  # noqa: PLC0415
     from bulk.trace import compile_bpf  # noqa: PLC0415
 
     expression = _expression(args)
-    paths = _inputs(args)
-    inputs = [describe(p, use_index=not args.no_index) for p in paths]
+    paths, listed = _inputs(args)
+    use_index = not args.no_index
+    inputs = []
+    for p in paths:
+        if p not in listed:
+            inputs.append(describe(p, use_index))  # named with -r: must be there
+            continue
+        member = describe_member(p, use_index)  # an archive changes under its readers
+        if member is None:
+            sys.stderr.write(f"bulk extract: warning: {p}: deleted since listed; skipped\n")
+        else:
+            inputs.append(member)
+    paths = [i.path for i in inputs]
     # A bad filter fails before any output, with libpcap's message.
     linktypes = {lt for i in inputs for lt in i.linktypes} or {1}
     if expression:
@@ -175,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
             out.close()
     status = EXIT_OK
     for err in report.errors:
+        if isinstance(err, Vanished):
+            sys.stderr.write(f"bulk extract: warning: {err}\n")
+            continue
         truncated = isinstance(err, TruncatedTrace)
         if truncated and err.path.endswith(OPEN_SUFFIX):
             continue  # the trace being captured ends mid-record: expected

@@ -21,7 +21,9 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from bulk.archive.hostindex import COMPRESSION_SUFFIXES as COMPRESSED_SUFFIXES
 from bulk.archive.hostindex import HostIndex, load_index_for
+from bulk.archive.listing import OPEN_SUFFIX
 from bulk.bpfquery import ALWAYS, Requirement, requirements
 from bulk.errors import TraceError, UsageError
 from bulk.timespec import TimeWindow
@@ -71,6 +73,46 @@ class Plan:
         return sum(1 for i in self.inputs if i.skip == "time")
 
 
+class Vanished(TraceError):
+    """An archive trace deleted (by retention) after the directory was listed."""
+
+    exit_status = 0
+
+
+def moved(path: str) -> str | None:
+    """Where an archive trace listed as ``path`` is now: compressed (X.pcap.zst),
+    finalised by rotation (X.pcap.open -> X.pcap, maybe compressed since), or
+    None if it is gone (retention deleted it)."""
+    base = path[: -len(OPEN_SUFFIX)] if path.endswith(OPEN_SUFFIX) else path
+    for cand in (base, *(base + s for s in COMPRESSED_SUFFIXES)):
+        if cand != path and os.path.exists(cand):
+            return cand
+    return None
+
+
+def follow(inp: Input) -> Input:
+    """The input itself if its file is still there, else the trace it became
+    (described again), or Vanished. An archive changes under its readers."""
+    if inp.path == "-" or os.path.exists(inp.path):
+        return inp
+    new = moved(inp.path)
+    if new is None:
+        raise Vanished(inp.path, None, "deleted while extracting (retention?); skipped")
+    return describe(new, use_index=False)
+
+
+def describe_member(path: str, use_index: bool) -> Input | None:
+    """``describe`` for a trace found by listing an archive: follows a trace renamed
+    since the listing; None if it was deleted."""
+    try:
+        return describe(path, use_index)
+    except TraceError:
+        if os.path.exists(path):
+            raise
+        new = moved(path)
+        return None if new is None else describe_member(new, use_index)
+
+
 def adjust_snaplen(snaplen: int) -> int:
     """What libpcap (1.10) reports as a file's snapshot length: 0 means the maximum."""
     return MAX_SNAPLEN if snaplen <= 0 else snaplen
@@ -78,8 +120,13 @@ def adjust_snaplen(snaplen: int) -> int:
 
 def describe(path: str, use_index: bool) -> Input:
     """An input, from its index if valid, else from its header and first packet."""
-    index = load_index_for(path) if use_index and path != "-" else None
-    size = os.path.getsize(path) if path != "-" else 0
+    if path == "-":
+        return _describe_stdin()
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise TraceError(path, None, exc.strerror or str(exc)) from None
+    index = load_index_for(path) if use_index else None
     if index is not None:
         meta = index.meta
         return Input(
@@ -94,8 +141,6 @@ def describe(path: str, use_index: bool) -> Input:
             time_ordered=bool(meta.get("time_ordered")),
             index=index,
         )
-    if path == "-":
-        return _describe_stdin()
     with open_trace(path) as reader:
         try:
             first = next(iter(reader), None)

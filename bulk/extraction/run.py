@@ -23,10 +23,11 @@ from typing import Any, BinaryIO
 import pcapy
 
 from bulk.errors import TraceError
-from bulk.extraction.plan import Input, Plan
+from bulk.extraction.plan import Input, Plan, Vanished, follow
 from bulk.extraction.progress import Progress
 from bulk.extraction.sources import (
     NS,
+    U32,
     Counters,
     Match,
     matches,
@@ -66,6 +67,8 @@ def merged(
     window: TimeWindow,
     counters: Counters,
     errors: list[TraceError],
+    *,
+    out_nano: bool = False,
 ) -> Iterator[Match]:
     """Matching packets of ``inputs`` (sorted by earliest time) in time order."""
     heap: list[tuple[int, int, Match, Iterator[Match]]] = []
@@ -74,7 +77,9 @@ def merged(
     try:
         while True:
             while opened < n and (not heap or (inputs[opened].order_ns or -1) <= heap[0][0]):
-                it = _guarded(matches(inputs[opened], expression, window, counters), errors)
+                it = _guarded(
+                    matches(inputs[opened], expression, window, counters, out_nano), errors
+                )
                 first = next(it, None)
                 if first is not None:
                     heapq.heappush(heap, (first[0], opened, first, it))
@@ -117,6 +122,8 @@ def _copy_direct(
             if hdr is None:
                 break
             sec, usec = hdr.getts()
+            sec &= U32
+            usec &= U32  # libpcap 1.9 keeps the fraction as a signed 32-bit value
             if windowed:
                 ts = sec * NS + usec * 1000
                 if start is not None and ts < start:
@@ -126,7 +133,7 @@ def _copy_direct(
                         break
                     continue
             n = len(data)
-            w(pack(sec, usec * scale, n, hdr.getlen()))
+            w(pack(sec, (usec * scale) & U32, n, hdr.getlen()))
             w(data)
             packets += 1
             nbytes += n
@@ -194,6 +201,12 @@ def write_plan(
     if progress is None:
         progress = Progress(len(plan.to_read), sum(i.size for i in plan.to_read))
     header = pcap_header(plan.linktype, plan.snaplen, plan.nanosecond)
+    if len(plan.to_read) == 1:
+        try:
+            plan.to_read[0] = follow(plan.to_read[0])
+        except Vanished as exc:
+            report.errors.append(exc)
+            plan.to_read = []
     single = len(plan.to_read) == 1 and method_for(plan.to_read[0]) == "direct"
     if single and window.start_ns is None and window.end_ns is None:
         try:
@@ -228,10 +241,8 @@ def _copy_merged(
     pack = _RECORD.pack
     nano = plan.nanosecond
     packets = nbytes = 0
-    for ts, wirelen, data in merged(plan.to_read, expression, window, counters, report.errors):
-        sec, frac = divmod(ts, NS)
-        if not nano:
-            frac //= 1000
+    stream = merged(plan.to_read, expression, window, counters, report.errors, out_nano=nano)
+    for _ts, sec, frac, wirelen, data in stream:
         n = len(data)
         w(pack(sec, frac, n, wirelen))
         w(data)

@@ -35,7 +35,7 @@ from typing import Any
 import pcapy
 
 from bulk.errors import FilterError, TraceError, TruncatedTrace
-from bulk.extraction.plan import Input, adjust_snaplen
+from bulk.extraction.plan import Input, adjust_snaplen, follow
 from bulk.timespec import TimeWindow
 from bulk.trace import open_trace, pcap_header, record_header
 from bulk.trace.packet import Packet
@@ -45,8 +45,12 @@ from bulk.trace.stream import TraceStream
 CHUNK = 1 << 20
 NS = 1_000_000_000
 
-# A matching packet: (time in ns, wire length, captured bytes).
-Match = tuple[int, int, bytes]
+# A matching packet: (time in ns for ordering, then the record as written: seconds,
+# fraction in the output's resolution, wire length, captured bytes). Seconds and
+# fraction are passed through as read (tcpdump copies even a fraction of a
+# damaged record that is out of range).
+Match = tuple[int, int, int, int, bytes]
+U32 = 0xFFFFFFFF
 
 
 @dataclass
@@ -243,10 +247,16 @@ def _open(inp: Input, method: str) -> tuple[Any, Feeder | None, int]:
 
 
 def matches(
-    inp: Input, expression: str, window: TimeWindow, counters: Counters | None = None
+    inp: Input,
+    expression: str,
+    window: TimeWindow,
+    counters: Counters | None = None,
+    out_nano: bool = False,
 ) -> Iterator[Match]:
     """Matching packets of one trace, in file order, within the window (inclusive)."""
+    inp = follow(inp)
     handle, feeder, mult = _open(inp, method_for(inp))
+    scale = 1000 if out_nano and not inp.nanosecond else 1
     error: TraceError | None = None
     at_end = False
     start, end = window.start_ns, window.end_ns
@@ -265,6 +275,8 @@ def matches(
                 at_end = True
                 break
             sec, frac = hdr.getts()
+            sec &= U32
+            frac &= U32  # libpcap 1.9 keeps the fraction as a signed 32-bit value
             ts = sec * NS + frac * mult
             if start is not None and ts < start:
                 continue
@@ -272,7 +284,7 @@ def matches(
                 if stop_early:
                     break
                 continue
-            yield ts, hdr.getlen(), data
+            yield ts, sec, (frac * scale) & U32, hdr.getlen(), data
     finally:
         handle.close()
         if feeder is not None:

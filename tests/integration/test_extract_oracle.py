@@ -300,3 +300,56 @@ def test_archive_window_and_truncated_member(tmp_path: Path) -> None:
         if start * 10**9 <= record_time(r, False) <= end * 10**9 + 500_000_000
     ]
     assert ours and sorted(ours) == sorted(expected)
+
+
+def test_archive_changing_under_the_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Listed, then rotated (X.pcap.open -> X.pcap), compressed (X.pcap -> X.pcap.zst)
+    and deleted by retention before being read: the moved traces are followed, the
+    deleted one is skipped with a warning, exit 0."""
+    from bulk.archive import listing  # noqa: PLC0415
+
+    d = tmp_path / "arch"
+    d.mkdir()
+    shutil.copy(DATA / "zeek-http-get.pcap", d / "a.pcap")
+    shutil.copy(DATA / "zeek-smtp.pcap", d / "b.pcap")
+    shutil.copy(DATA / "ssh-on-port-80.pcap", d / "c.pcap.open")
+    real = listing.traces_in_dir
+
+    def racing(directory: str, include_open: bool = False) -> list[str]:
+        found = real(directory, include_open=include_open)
+        subprocess.run([require_tool("zstd"), "-q", "--rm", str(d / "a.pcap")], check=True)
+        os.unlink(d / "b.pcap")
+        os.rename(d / "c.pcap.open", d / "c.pcap")
+        return found
+
+    monkeypatch.setattr(listing, "traces_in_dir", racing)
+    out = tmp_path / "x.pcap"
+    assert bulk_extract("--dir", d, "-w", out, "tcp") == 0
+    assert "b.pcap: deleted since listed; skipped" in capsys.readouterr().err
+    expected = oracle_records(
+        [DATA / "zeek-http-get.pcap", DATA / "ssh-on-port-80.pcap"], "tcp", tmp_path
+    )
+    assert sorted(pcap_records(out.read_bytes())[1]) == sorted(expected)
+
+
+def test_trace_moved_between_planning_and_reading(tmp_path: Path) -> None:
+    from bulk.extraction import describe, make_plan, write_plan  # noqa: PLC0415
+    from bulk.extraction.plan import Vanished  # noqa: PLC0415
+    from bulk.timespec import TimeWindow  # noqa: PLC0415
+
+    d = tmp_path / "arch"
+    d.mkdir()
+    for name in ("zeek-http-get.pcap", "zeek-smtp.pcap"):
+        shutil.copy(DATA / name, d / name)
+    paths = [str(d / "zeek-http-get.pcap"), str(d / "zeek-smtp.pcap")]
+    window = TimeWindow(None, None)
+    plan = make_plan(paths, "tcp", window, inputs=[describe(p, True) for p in paths])
+    subprocess.run([require_tool("zstd"), "-q", "--rm", paths[0]], check=True)
+    os.unlink(paths[1])
+    with open(tmp_path / "x.pcap", "wb") as out:
+        report = write_plan(plan, "tcp", window, out)
+    assert [type(e) for e in report.errors] == [Vanished]
+    expected = oracle_records([DATA / "zeek-http-get.pcap"], "tcp", tmp_path)
+    assert pcap_records((tmp_path / "x.pcap").read_bytes())[1] == expected
