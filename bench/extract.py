@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import resource
 import shlex
 import shutil
 import struct
@@ -106,30 +107,36 @@ def env() -> dict[str, str]:
     return e
 
 
-def timed(cmd: Sequence[str] | str) -> float:
-    """Wall time of one run (a string is a shell pipeline)."""
-    t = time.perf_counter()
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def timed(cmd: Sequence[str] | str) -> tuple[float, float]:
+    """Wall time and CPU time (user + system, children included) of one run;
+    a string is a shell pipeline."""
+    t, c = time.perf_counter(), _cpu()
     shell = isinstance(cmd, str)
     proc = subprocess.run(cmd, shell=shell, env=env(), capture_output=True, check=False)
-    dt = time.perf_counter() - t
+    dt, dc = time.perf_counter() - t, _cpu() - c
     if proc.returncode not in (0,):
         raise SystemExit(f"{cmd!r} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
-    return dt
+    return dt, dc
 
 
-def best(runs: int, *cmds: Sequence[str] | str) -> list[float]:
-    """Best time of each command, run alternately ``runs`` times."""
-    times: list[list[float]] = [[] for _ in cmds]
+def best(runs: int, *cmds: Sequence[str] | str) -> list[tuple[float, float]]:
+    """Best wall and best CPU time of each command, run alternately ``runs`` times."""
+    times: list[list[tuple[float, float]]] = [[] for _ in cmds]
     for _ in range(runs):
         for i, cmd in enumerate(cmds):
             times[i].append(timed(cmd))
-    return [min(t) for t in times]
+    return [(min(w for w, _ in t), min(c for _, c in t)) for t in times]
 
 
-def row(label: str, bulk_s: float, ref_s: float, mb: float) -> None:
+def row(label: str, ours: tuple[float, float], ref: tuple[float, float], mb: float) -> None:
     print(
-        f"| {label} | {bulk_s:.3f} s | {ref_s:.3f} s | {bulk_s / ref_s:.2f}x | "
-        f"{mb / bulk_s:,.0f} MB/s |"
+        f"| {label} | {ours[0]:.3f} s / {ours[1]:.3f} s | {ref[0]:.3f} s / {ref[1]:.3f} s | "
+        f"{ours[0] / ref[0]:.2f}x / {ours[1] / ref[1]:.2f}x | {mb / ours[0]:,.0f} MB/s |"
     )
 
 
@@ -160,7 +167,9 @@ def main() -> None:
     host = "141.142.228.2"  # 141.142.228.5 of zeek-http-get, replica 7: 1 replica in 4096
     out_b, out_t = OUT / "extract-bulk.pcap", OUT / "extract-tcpdump.pcap"
     timed(bulk_cmd("-r", str(big), "-w", str(out_b), f"host {host}"))  # warm-up, bytecode
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
     print(f"\n## full scan, {size_mb:,.0f} MB, best of {args.runs} (alternating)\n")
+    print("wall / CPU (user+system) seconds; ratio bulk/tcpdump, wall / CPU\n")
     print("| filter | bulk extract | tcpdump -r -w | ratio | bulk MB/s |")
     print("| --- | --- | --- | --- | --- |")
     for expr in (f"host {host}", "tcp"):

@@ -42,27 +42,23 @@ import bisect
 import json
 import os
 import sys
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pcapy
-
 from bulk.errors import TraceError, TruncatedTrace
-from bulk.trace import open_trace
-from bulk.trace.packet import (
-    LINKTYPE_ETHERNET,
-    LINKTYPE_IPV4,
-    LINKTYPE_IPV6,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
-    LINKTYPE_LOOP,
-    LINKTYPE_NULL,
-    LINKTYPE_RAW,
-)
-from bulk.trace.stream import TraceStream
+
+# pcap LINKTYPE numbers (bulk.trace.packet): kept here so that loading an index
+# does not import the trace layer; building one does.
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LOOP = 108
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
 
 MAGIC = b"BULKHIX1"
 VERSION = 1
@@ -474,6 +470,8 @@ def index_packets(packets: Iterable[tuple[int, bytes]]) -> HostIndex:
 
 def head_crc(path: str) -> tuple[str | None, int, int]:
     """Compression, and CRC-32 and length of the first HEAD_BYTES of the pcap data."""
+    from bulk.trace.stream import TraceStream  # noqa: PLC0415
+
     with TraceStream(path) as stream:
         head = stream.file.read(HEAD_BYTES)
         return stream.compression, zlib.crc32(head), len(head)
@@ -519,6 +517,8 @@ def _usec_key_ns(key: int) -> int:
 
 
 def _walk_python(path: str, col: Collector, walk: _Walk) -> None:
+    from bulk.trace import open_trace  # noqa: PLC0415
+
     add = col.add
     keys: list[int] = []
     with open_trace(path) as reader:
@@ -542,6 +542,8 @@ _BATCH = 4096
 
 def _walk_libpcap(path: str, linktype: int, col: Collector, walk: _Walk) -> bool:
     """libpcap's own reader in batches (plain microsecond pcap); False if it cannot open it."""
+    import pcapy  # noqa: PLC0415
+
     try:
         handle = pcapy.open_offline(path)
     except pcapy.PcapError:
@@ -610,6 +612,8 @@ def build_index(path: str) -> HostIndex:
     pcap is read by libpcap in batches (what extraction reads it with);
     anything else through :func:`bulk.trace.open_trace`.
     """
+    from bulk.trace import open_trace  # noqa: PLC0415
+
     st = os.stat(path)
     with open_trace(path) as probe:
         fmt = probe.format
@@ -669,6 +673,8 @@ def _candidates(trace_path: str) -> Iterable[str]:
 
 def write_index(index: HostIndex, trace_path: str) -> str:
     """Write ``index`` as the side file of ``trace_path``, atomically; returns its path."""
+    import tempfile  # noqa: PLC0415
+
     target = index_path_for(trace_path)
     directory = os.path.dirname(target) or "."
     fd, tmp = tempfile.mkstemp(prefix=".", suffix=".idx.tmp", dir=directory)

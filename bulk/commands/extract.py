@@ -181,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(
             f"bulk extract: {len(plan.inputs)} traces, {len(plan.to_read)} to read, "
             f"{plan.skipped_by_index} skipped by the host index, {plan.skipped_by_time} "
-            f"outside the window; the filter requires {plan.requirement.describe()}\n"
+            f"outside the window; the filter requires "
+            f"{plan.requirement.describe() if plan.requirement else '(no index found)'}\n"
         )
     out, owned = _open_output(args.write)
     try:

@@ -20,14 +20,19 @@ import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from bulk.archive.hostindex import COMPRESSION_SUFFIXES as COMPRESSED_SUFFIXES
-from bulk.archive.hostindex import HostIndex, load_index_for
 from bulk.archive.listing import OPEN_SUFFIX
-from bulk.bpfquery import ALWAYS, Requirement, requirements
 from bulk.errors import TraceError, UsageError
 from bulk.timespec import TimeWindow
-from bulk.trace import Packet, linktype_name, open_trace
+
+if TYPE_CHECKING:
+    from bulk.archive.hostindex import HostIndex
+    from bulk.bpfquery import Requirement
+    from bulk.trace import Packet
+
+COMPRESSED_SUFFIXES = (".zst", ".gz")
+INDEX_SUFFIX = ".idx"  # bulk.archive.hostindex.INDEX_SUFFIX
 
 MAX_SNAPLEN = 262144
 
@@ -58,7 +63,7 @@ class Input:
 @dataclass
 class Plan:
     inputs: list[Input]
-    requirement: Requirement
+    requirement: Requirement | None  # what the filter needs; None when no index was found
     linktype: int
     snaplen: int
     nanosecond: bool
@@ -120,13 +125,15 @@ def adjust_snaplen(snaplen: int) -> int:
 
 def describe(path: str, use_index: bool) -> Input:
     """An input, from its index if valid, else from its header and first packet."""
+    from bulk.trace import open_trace  # noqa: PLC0415 - only when the index cannot tell
+
     if path == "-":
         return _describe_stdin()
     try:
         size = os.path.getsize(path)
     except OSError as exc:
         raise TraceError(path, None, exc.strerror or str(exc)) from None
-    index = load_index_for(path) if use_index else None
+    index = _load_index(path) if use_index else None
     if index is not None:
         meta = index.meta
         return Input(
@@ -158,7 +165,22 @@ def describe(path: str, use_index: bool) -> Input:
         )
 
 
+def _load_index(path: str) -> HostIndex | None:
+    """The host index, importing its module only when a side file is there."""
+    base = path
+    for suffix in COMPRESSED_SUFFIXES:
+        if path.endswith(suffix):
+            base = path[: -len(suffix)]
+    if not (os.path.exists(path + INDEX_SUFFIX) or os.path.exists(base + INDEX_SUFFIX)):
+        return None
+    from bulk.archive.hostindex import load_index_for  # noqa: PLC0415
+
+    return load_index_for(path)
+
+
 def _describe_stdin() -> Input:
+    from bulk.trace import open_trace  # noqa: PLC0415
+
     reader = open_trace("-")
     packets = iter(reader)
     try:
@@ -200,8 +222,14 @@ def make_plan(
     ``inputs`` may be given already described (the command describes them
     first to resolve relative times against the first packet).
     """
+    from bulk.trace import linktype_name  # noqa: PLC0415
+
     described = list(inputs) if inputs is not None else [describe(p, use_index) for p in paths]
-    req = requirements(expression) if use_index else ALWAYS
+    req: Requirement | None = None  # None: nothing to skip with (no index)
+    if use_index and any(i.index is not None for i in described):
+        from bulk.bpfquery import requirements  # noqa: PLC0415
+
+        req = requirements(expression)
     linktype = -1
     first_path = ""
     for inp in described:
@@ -223,7 +251,7 @@ def make_plan(
             continue
         if _outside(ix, window):
             inp.skip = "time"
-        elif not req.holds(ix):
+        elif req is not None and not req.holds(ix):
             inp.skip = "index"
     to_read = [i for i in described if i.skip is None]
     # Earliest first; unknown times (empty or damaged files) first, they cost nothing.

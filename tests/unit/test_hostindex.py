@@ -137,3 +137,11 @@ def test_incomplete_for_undecoded_link_types(tmp_path: Path) -> None:
     raw[20:24] = (9).to_bytes(4, "little")  # LINKTYPE_PPP: not decoded
     trace.write_bytes(bytes(raw))
     assert not build_index(str(trace)).complete
+
+
+def test_linktype_numbers_agree_with_the_trace_layer() -> None:
+    from bulk.archive import hostindex  # noqa: PLC0415
+    from bulk.trace import packet  # noqa: PLC0415
+
+    for name in ("NULL", "ETHERNET", "RAW", "LOOP", "LINUX_SLL", "IPV4", "IPV6", "LINUX_SLL2"):
+        assert getattr(hostindex, f"LINKTYPE_{name}") == getattr(packet, f"LINKTYPE_{name}")
