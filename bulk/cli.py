@@ -78,6 +78,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         parser = build_parser(only=argv[0])
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         cmd_parser: argparse.ArgumentParser = sub.choices[argv[0]]
+        if "--" in argv[1:]:
+            # Intermixed parsing drops what follows '--' ('bulk info -- -x.pcap').
+            return cmd_parser.parse_args(argv[1:])
         try:
             return cmd_parser.parse_intermixed_args(argv[1:])
         except TypeError:  # a parser feature intermixed parsing does not support
@@ -90,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
     except BulkError as exc:
-        sys.stderr.write(f"bulk {args.command}: {exc}\n")
+        sys.stderr.write(f"bulk {args.command}: {one_line(str(exc))}\n")
         return exc.exit_status
     except KeyboardInterrupt:
         sys.stderr.write(f"bulk {args.command}: interrupted\n")
@@ -100,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 0
     return status
+
+
+def one_line(message: str) -> str:
+    """A message quoting user input (a file name, a filter) kept on one line."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _silence_stdout() -> None:
