@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from bulk.archive.naming import state_dir
+from bulk.archive.naming import check_interface_name, state_dir
 from bulk.archive.pidfile import PidInfo, running_capture
 from bulk.capture.state import LiveState, worker_states
 from bulk.capture.supervisor import prepare_directory
@@ -44,6 +44,8 @@ def log_path(directory: str, interface: str) -> str:
 
 def rotate_or_start(directory: str, interface: str) -> Outcome:
     """SIGHUP the running capture of ``interface``, or start one when none runs."""
+    # The name becomes part of the pid, state and log file names.
+    check_interface_name(interface)
     info = running_capture(directory, interface)
     if info is not None:
         return rotate_running(directory, info)
