@@ -79,3 +79,33 @@ def test_pcapng_option_running_past_its_block(tmp_path: Path) -> None:
             assert list(r) == []
     except TraceError:
         pass
+
+
+def test_double_dash_ends_the_options(tmp_path: Path) -> None:
+    """'bulk info -- -x.pcap' said 'the following arguments are required':
+    argparse's intermixed parsing drops what follows '--'."""
+    from tests.faults.harness import run_cli  # noqa: PLC0415
+
+    res = run_cli(["info", "--", str(DATA / "dns_udp.pcap")])
+    assert res.status == 0, res.stderr
+
+
+def test_an_error_quoting_a_newline_stays_one_line(tmp_path: Path) -> None:
+    """A user value with a newline (a file name, an interface) split the error
+    line in two."""
+    from tests.faults.harness import run_cli  # noqa: PLC0415
+
+    res = run_cli(["slice", "0", str(tmp_path / "no\nsuch.pcap"), "-w", str(tmp_path / "o")])
+    assert res.status == 2 and len(res.stderr_lines) == 1, res.stderr
+    assert "no\\nsuch.pcap" in res.stderr
+
+
+def test_rotate_refuses_an_interface_name_with_a_slash(tmp_path: Path) -> None:
+    """'bulk rotate -i x/../a' built its log path from the name: a traceback
+    (FileNotFoundError), and a path outside DIR/.bulk for a name with '..'."""
+    from tests.faults.harness import run_cli  # noqa: PLC0415
+
+    res = run_cli(["rotate", "-i", "x/../a", "--dir", str(tmp_path / "d")])
+    assert res.status != 0 and res.stderr_lines == [
+        "bulk rotate: 'x/../a': not usable as an interface name"
+    ]
