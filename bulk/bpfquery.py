@@ -36,11 +36,11 @@ here over the index of that packet alone.
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 # -- requirements -----------------------------------------------------------------
 
@@ -88,13 +88,14 @@ class Addr4(Requirement):
         return facts.has_addr4(self.value, self.mask)
 
     def describe(self) -> str:
-        addr = ipaddress.IPv4Address(self.value)
+        addr = socket.inet_ntop(socket.AF_INET, self.value.to_bytes(4, "big"))
         if self.mask == 0xFFFFFFFF:
             return f"host {addr}"
         inv = ~self.mask & 0xFFFFFFFF
         if inv & (inv + 1) == 0:
             return f"net {addr}/{32 - inv.bit_length()}"
-        return f"net {addr} mask {ipaddress.IPv4Address(self.mask)}"
+        mask = socket.inet_ntop(socket.AF_INET, self.mask.to_bytes(4, "big"))
+        return f"net {addr} mask {mask}"
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class Addr6(Requirement):
         return facts.has_addr6(self.value, self.prefixlen)
 
     def describe(self) -> str:
-        addr = ipaddress.IPv6Address(self.value)
+        addr = socket.inet_ntop(socket.AF_INET6, self.value.to_bytes(16, "big"))
         return f"host {addr}" if self.prefixlen == 128 else f"net {addr}/{self.prefixlen}"
 
 
@@ -256,8 +257,7 @@ _ESCAPED = re.compile(r"\\[^ !()\n\t]+")
 _SPACE = " \t\r\n"
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(NamedTuple):
     kind: str  # a keyword token, "NUM", "HID", "HID6", "EID", "AID", "ID", "OP", "END"
     text: str
 
@@ -339,8 +339,8 @@ def _longest_v6(run: str) -> str | None:
         if ":" not in cand:
             break
         try:
-            ipaddress.IPv6Address(cand)
-        except ValueError:
+            socket.inet_pton(socket.AF_INET6, cand)
+        except OSError:
             continue
         return cand
     return None
@@ -349,36 +349,29 @@ def _longest_v6(run: str) -> str | None:
 # -- parse tree -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Node:
-    pass
-
-
-@dataclass(frozen=True)
-class Leaf(Node):
+class Leaf(NamedTuple):
     req: Requirement
     shifter: bool = False  # vlan / mpls / pppoes: moves the offsets of what follows
 
 
-@dataclass(frozen=True)
-class And(Node):
+class And(NamedTuple):
     left: Node
     right: Node
 
 
-@dataclass(frozen=True)
-class Or(Node):
+class Or(NamedTuple):
     left: Node
     right: Node
 
 
-@dataclass(frozen=True)
-class Not(Node):
+class Not(NamedTuple):
     child: Node
 
 
-@dataclass(frozen=True)
-class Qual:
+Node = Leaf | And | Or | Not
+
+
+class Qual(NamedTuple):
     """A primitive's qualifiers: protocol, direction, address type (None: default)."""
 
     proto: str | None
@@ -742,8 +735,8 @@ def _leaf_hid6(q: Qual, text: str, prefixlen: int) -> Requirement:
     if not 0 <= prefixlen <= 128:
         return ALWAYS
     try:
-        value = int(ipaddress.IPv6Address(text))
-    except ValueError:
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except OSError:
         return ALWAYS
     mask = ((1 << 128) - 1) ^ ((1 << (128 - prefixlen)) - 1)
     return Addr6(value & mask, prefixlen)
