@@ -701,6 +701,18 @@ def write_index_for(trace_path: str) -> str:
     return write_index(build_index(trace_path), trace_path)
 
 
+def ensure_index_for(trace_path: str) -> bool:
+    """Write the index of a closed trace unless a valid one exists; True if written.
+
+    The trace being captured (``*.open``) is left alone: its index is written
+    when it is closed.
+    """
+    if trace_path.endswith(".open") or load_index_for(trace_path) is not None:
+        return False
+    write_index_for(trace_path)
+    return True
+
+
 def remove_index_for(trace_path: str) -> bool:
     """Delete a trace's side file, if any."""
     removed = False

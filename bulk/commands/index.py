@@ -7,6 +7,7 @@ import os
 import sys
 
 from bulk.archive.catalogue import Catalogue
+from bulk.archive.listing import traces_in_dir
 from bulk.archive.scan import TraceScan
 from bulk.config import load_config
 from bulk.errors import EXIT_BAD_INPUT, EXIT_OK, TraceError, UsageError
@@ -30,6 +31,10 @@ the catalogue was lost; it is safe while a capture runs.
 
 With FILE arguments, only those files are scanned and recorded (added when
 new), in the catalogue of their directory (or of --dir).
+
+Both also write each closed trace's host index (X.pcap.idx: its addresses,
+ports and protocols), which lets 'bulk extract' skip traces that cannot match
+a filter; an up-to-date one is kept.
 
 examples:
   bulk index --rebuild --dir /srv/bulk/traces
@@ -78,7 +83,10 @@ def run(args: argparse.Namespace) -> int:
                 f"({report.index_entries} index entries), {report.open_files} open, "
                 f"{report.removed} rows of missing files removed"
             )
-        return EXIT_BAD_INPUT if report.errors else EXIT_OK
+        hosts_ok = _host_indexes(
+            traces_in_dir(directory, include_open=False), args.quiet, report=not report.errors
+        )
+        return EXIT_BAD_INPUT if report.errors or not hosts_ok else EXIT_OK
     status = EXIT_OK
     by_dir: dict[str, list[str]] = {}
     for path in args.files:
@@ -102,4 +110,26 @@ def run(args: argparse.Namespace) -> int:
                     status = EXIT_BAD_INPUT
                 if not args.quiet:
                     print(_line(record.name, scan))
+                # A damage already reported above is not reported twice.
+                if not _host_indexes([path], quiet=True, report=not scan.error):
+                    status = EXIT_BAD_INPUT
     return status
+
+
+def _host_indexes(paths: list[str], quiet: bool, report: bool = True) -> bool:
+    """Write the host index (X.pcap.idx, used by 'bulk extract') of closed traces
+    that have none or a stale one; False if a trace could not be read."""
+    from bulk.archive.hostindex import ensure_index_for  # noqa: PLC0415
+
+    ok = True
+    written = 0
+    for path in paths:
+        try:
+            written += ensure_index_for(path)
+        except (TraceError, OSError) as exc:
+            if report:
+                sys.stderr.write(f"bulk index: host index of {path}: {exc}\n")
+                ok = False
+    if not quiet:
+        print(f"host indexes: {written} written")
+    return ok
