@@ -143,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
     from bulk.archive.listing import OPEN_SUFFIX  # noqa: PLC0415
     from bulk.extraction import describe, make_plan, write_plan  # noqa: PLC0415
     from bulk.extraction.plan import Vanished, describe_member  # noqa: PLC0415
+    from bulk.extraction.sources import check_filter  # noqa: PLC0415
     from bulk.timespec import TimeWindow, needs_reference, parse_timespec  # noqa: PLC0415
-    from bulk.trace import compile_bpf  # noqa: PLC0415
 
     expression = _expression(args)
     paths, listed = _inputs(args)
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     linktypes = {lt for i in inputs for lt in i.linktypes} or {1}
     if expression:
         for lt in sorted(linktypes):
-            compile_bpf(expression, 12 if lt == 101 else lt)
+            check_filter(expression, lt)
     first_ns = min((i.order_ns for i in inputs if i.order_ns is not None), default=None)
     for spec in (args.start, args.end):
         if spec is not None and needs_reference(spec) and first_ns is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -125,8 +126,6 @@ def adjust_snaplen(snaplen: int) -> int:
 
 def describe(path: str, use_index: bool) -> Input:
     """An input, from its index if valid, else from its header and first packet."""
-    from bulk.trace import open_trace  # noqa: PLC0415 - only when the index cannot tell
-
     if path == "-":
         return _describe_stdin()
     try:
@@ -148,6 +147,11 @@ def describe(path: str, use_index: bool) -> Input:
             time_ordered=bool(meta.get("time_ordered")),
             index=index,
         )
+    plain = _plain_pcap(path, size)
+    if plain is not None:
+        return plain
+    from bulk.trace import open_trace  # noqa: PLC0415 - only when needed
+
     with open_trace(path) as reader:
         try:
             first = next(iter(reader), None)
@@ -163,6 +167,35 @@ def describe(path: str, use_index: bool) -> Input:
             size=size,
             order_ns=first.ts_ns if first is not None else None,
         )
+
+
+def _plain_pcap(path: str, size: int) -> Input | None:
+    """An uncompressed pcap described from its first 40 bytes (file header and the
+    first record header), without the trace layer; None for anything else."""
+    from bulk.slicing.pcapfile import parse_pcap_header  # noqa: PLC0415
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(40)
+    except OSError as exc:
+        raise TraceError(path, None, exc.strerror or str(exc)) from None
+    fmt = parse_pcap_header(head)
+    if fmt is None:
+        return None
+    first = None
+    if len(head) == 40:
+        sec, frac = struct.unpack_from(fmt.endian + "II", head, 24)
+        first = sec * 1_000_000_000 + frac * (1 if fmt.nanosecond else 1000)
+    return Input(
+        path=path,
+        format="pcap",
+        compression=None,
+        linktypes=(fmt.linktype,),
+        snaplen=fmt.snaplen,
+        nanosecond=fmt.nanosecond,
+        size=size,
+        order_ns=first,
+    )
 
 
 def _load_index(path: str) -> HostIndex | None:
@@ -222,8 +255,6 @@ def make_plan(
     ``inputs`` may be given already described (the command describes them
     first to resolve relative times against the first packet).
     """
-    from bulk.trace import linktype_name  # noqa: PLC0415
-
     described = list(inputs) if inputs is not None else [describe(p, use_index) for p in paths]
     req: Requirement | None = None  # None: nothing to skip with (no index)
     if use_index and any(i.index is not None for i in described):
@@ -237,6 +268,8 @@ def make_plan(
             if linktype == -1:
                 linktype, first_path = lt, inp.path
             elif lt != linktype:
+                from bulk.trace import linktype_name  # noqa: PLC0415
+
                 raise UsageError(
                     f"{inp.path} has link type {linktype_name(lt)} ({lt}) but {first_path} has "
                     f"{linktype_name(linktype)} ({linktype}); a pcap holds one link type: "

@@ -36,7 +36,6 @@ from bulk.extraction.sources import (
     pcap_error,
 )
 from bulk.timespec import TimeWindow
-from bulk.trace import pcap_header
 
 _RECORD = struct.Struct("<IIII")
 _TICK = 0x3FF
@@ -156,7 +155,15 @@ def _libpcap_header(handle: Any) -> bytes:
         os.close(fd)
 
 
-def _dump_direct(inp: Input, expression: str, header: bytes, out: BinaryIO) -> bool:
+def _is_header(raw: bytes, plan: Plan) -> bool:
+    """``raw`` is the header the plan's output must start with (little-endian
+    microsecond pcap, version 2.4, zone 0, the plan's snaplen and link type)."""
+    return len(raw) == 24 and struct.unpack("<IHHiIII", raw) == (
+        0xA1B2C3D4, 2, 4, 0, 0, plan.snaplen, plan.linktype
+    )  # fmt: skip
+
+
+def _dump_direct(inp: Input, expression: str, plan: Plan, out: BinaryIO) -> bool:
     """Whole trace, no window: libpcap reads, filters AND writes (``loop`` + its dumper),
     as tcpdump does, when its header is the one we must write. False if not possible.
 
@@ -169,7 +176,7 @@ def _dump_direct(inp: Input, expression: str, header: bytes, out: BinaryIO) -> b
         return False
     handle = open_direct(inp, expression)
     try:
-        if _libpcap_header(handle) != header:
+        if plan.nanosecond or not _is_header(_libpcap_header(handle), plan):
             return False
         dumper = handle.dump_open(f"/proc/self/fd/{fd}")
         try:
@@ -200,7 +207,6 @@ def write_plan(
         report.methods[m] = report.methods.get(m, 0) + 1
     if progress is None:
         progress = Progress(len(plan.to_read), sum(i.size for i in plan.to_read))
-    header = pcap_header(plan.linktype, plan.snaplen, plan.nanosecond)
     if len(plan.to_read) == 1:
         try:
             plan.to_read[0] = follow(plan.to_read[0])
@@ -210,14 +216,16 @@ def write_plan(
     single = len(plan.to_read) == 1 and method_for(plan.to_read[0]) == "direct"
     if single and window.start_ns is None and window.end_ns is None:
         try:
-            if _dump_direct(plan.to_read[0], expression, header, out):
+            if _dump_direct(plan.to_read[0], expression, plan, out):
                 report.packets = report.bytes = -1  # written by libpcap, not counted
                 return report
         except pcapy.PcapError as exc:  # cut short: the dumper kept every whole packet
             report.errors.append(pcap_error(plan.to_read[0].path, exc))
             report.packets = report.bytes = -1
             return report
-    out.write(header)
+    from bulk.trace import pcap_header  # noqa: PLC0415
+
+    out.write(pcap_header(plan.linktype, plan.snaplen, plan.nanosecond))
     try:
         if single:
             _copy_direct(
