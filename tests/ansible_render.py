@@ -24,6 +24,8 @@ VENV_BIN = Path(sys.executable).parent
 
 # Templates rendered once per capture interface (dest named after the interface).
 PER_INTERFACE = {"bulk_nic": {"etc/bulk/nic/interface.conf"}}
+# Internal lists of systemd instance names, dumped to <role>/instances.json.
+INSTANCES = {"bulk_nic": "bulk_nic__instances", "bulk_capture": "bulk_capture__instances"}
 # The roles' real cron task files also run, writing their cron.d file (and the
 # script it calls) under the output directory instead of /etc and /usr.
 CRON_TASKS = {
@@ -102,6 +104,17 @@ def render(
             str(p.relative_to(src / "templates")) for p in (src / "templates").rglob("*.j2")
         )
         tasks = _render_tasks(role, templates)
+        if role in INSTANCES:
+            tasks.append(
+                {
+                    "name": "Record the systemd instance names",
+                    "ansible.builtin.copy": {
+                        "content": f"{{{{ {INSTANCES[role]} | to_json }}}}",
+                        "dest": f"{{{{ bulk_render_out }}}}/{role}/instances.json",
+                        "mode": "0644",
+                    },
+                }
+            )
         if role in CRON_TASKS:
             (out / role / "etc/cron.d").mkdir(parents=True, exist_ok=True)
             tasks.append(

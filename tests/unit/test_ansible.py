@@ -326,6 +326,24 @@ def test_units_pass_systemd_analyze_verify(rendered: Any, unit: str, tmp_path: P
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
 
 
+def test_instance_names_are_systemd_escaped(tmp_path: Path) -> None:
+    escape = shutil.which("systemd-escape")
+    if escape is None:
+        pytest.skip("systemd-escape is not installed")
+    names = ["ens4", "br-lan", "eth0.100", "bond_0:1"]
+    out = render(
+        tmp_path,
+        extra_vars={"bulk_capture_interfaces": names},
+        roles=["bulk_nic", "bulk_capture"],
+    )
+    expected = [
+        subprocess.run([escape, n], capture_output=True, text=True, check=True).stdout.strip()
+        for n in names
+    ]
+    for role in ("bulk_nic", "bulk_capture"):
+        assert json.loads((out / role / "instances.json").read_text()) == expected
+
+
 def test_nic_settings_follow_overrides(rendered: Any) -> None:
     out, expected = rendered
     nic = {**role_defaults("bulk_nic"), **expected}
