@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bulk.archive.catalogue import Catalogue, FileRecord
+from bulk.archive.hostindex import write_index_for
 from bulk.archive.naming import finalise
 from bulk.archive.repair import repair_open_file
 from bulk.archive.scan import TraceScan, scan_trace
@@ -220,6 +221,14 @@ class _Jobs:
                 scan.packets,
             )
         self._record(open_name, scan, **fields)
+        self._host_index(final)
+
+    def _host_index(self, final: str) -> None:
+        """Write the closed trace's host/port index, so extraction can skip it."""
+        try:
+            write_index_for(final)
+        except BulkError as exc:
+            log.error("%s: host index not written: %s", os.path.basename(final), exc)
 
     def _repair(self, job: dict[str, Any]) -> None:
         done = repair_open_file(job["path"], job["linktype"], job["snaplen"])
@@ -235,6 +244,8 @@ class _Jobs:
             state="closed",
             closed_ns=closed_ns,
         )
+        if self.index:
+            self._host_index(done.final_path)
 
     def _record(self, open_name: str, scan: TraceScan, **fields: Any) -> None:
         """Store a finalised file's scan, under its open row when there is one."""

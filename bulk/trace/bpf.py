@@ -9,6 +9,9 @@ import pcapy
 from bulk.errors import FilterError
 
 _MAX_SNAPLEN = 262144
+# pcap files store LINKTYPE_* values; libpcap compiles for DLT_* values, which
+# differ for a few link types (pcap-linktype(7)).
+_LINKTYPE_TO_DLT = {101: 12}  # LINKTYPE_RAW -> DLT_RAW
 _NETMASK_UNKNOWN = 0xFFFFFFFF
 
 
@@ -37,6 +40,7 @@ class BpfFilter:
 def compile_bpf(expression: str, linktype: int) -> pcapy.BPFProgram:
     """Compile an expression for a link type, or raise FilterError (one line)."""
     try:
-        return pcapy.compile(linktype, _MAX_SNAPLEN, expression, 1, _NETMASK_UNKNOWN)
+        dlt = _LINKTYPE_TO_DLT.get(linktype, linktype)
+        return pcapy.compile(dlt, _MAX_SNAPLEN, expression, 1, _NETMASK_UNKNOWN)
     except pcapy.PcapError as exc:
         raise FilterError(f"bad filter {expression!r}: {exc}") from None

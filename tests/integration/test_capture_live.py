@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from bulk.archive.catalogue import Catalogue
+from bulk.archive.hostindex import load_index_for
 from bulk.archive.naming import parse_name
 from bulk.archive.pidfile import pidfile_path, read_pidfile, running_capture
 from tests.conftest import DATA, require_tool
@@ -158,6 +159,8 @@ def test_capture_equals_sent_with_size_rotations(
     assert tcpdump_text(files) == expected  # count, bytes and order
     assert [parse_name(f.name).seq for f in files] == list(range(1, len(files) + 1))
     check_catalogue(d, files)
+    for f in files:  # each closed file carries the host index extraction skips by
+        assert load_index_for(str(f)) is not None, f"{f.name}: no valid host index"
     log = cap.log_text()
     for f in files:  # one log line per closed file, with its packets
         assert f"closed {f.name} " in log

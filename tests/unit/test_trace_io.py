@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pcapy
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from bulk.errors import TraceError, TruncatedTrace
 from bulk.trace import Packet, PcapWriter, iter_packets, open_trace
-from tests.conftest import DATA, MANIFEST, TRACE_IDS, TRACES
+from tests.conftest import DATA, MANIFEST, TRACE_IDS, TRACES, require_tool
 
 TRUNCATED = {e["file"] for e in MANIFEST if e["truncated_file"]}
 
@@ -187,3 +188,19 @@ def test_shuffled_input_still_readable() -> None:
         for p in packets:
             w.write(p)
     assert len(buf.getvalue()) == (DATA / "test5-lines.pcap").stat().st_size
+
+
+def test_bpf_on_raw_ip_trace_matches_tcpdump(tmp_path: Path) -> None:
+    """LINKTYPE_RAW (101) must compile as libpcap's DLT_RAW; tcpdump is the oracle."""
+    tcpdump = require_tool("tcpdump")
+    raw = tmp_path / "raw.pcap"
+    with PcapWriter(str(raw), linktype=101) as w:
+        for p in read_all(DATA / "zeek-http-get.pcap")[0]:
+            w.write_record(p.ts_ns, p.wirelen - 14, p.data[14:])  # strip Ethernet
+    for expr in ("tcp port 80", "host 192.150.187.43 and tcp[13] & 2 != 0", "udp"):
+        ours = [p.data for p in iter_packets([str(raw)], bpf=expr)]
+        out = tmp_path / "tcpdump.pcap"
+        subprocess.run(
+            [tcpdump, "-r", str(raw), "-w", str(out), expr], check=True, capture_output=True
+        )
+        assert ours == [p.data for p in read_all(out)[0]], expr
