@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bulk.errors import UsageError
+from bulk.timespec import parse_duration_ns
 
 DEFAULT_CONFIG = "/etc/bulk/bulk.toml"
 DEFAULT_DIR = "/srv/bulk/traces"
@@ -122,19 +123,12 @@ def parse_size(text: str | int, what: str = "size") -> int:
     return int(float(m.group(1)) * base**power)
 
 
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 def parse_duration(text: str | int | float, what: str = "duration") -> float:
-    """Seconds from ``90``, ``90s``, ``30m``, ``2h``, ``7d``, ``1w`` (a bare number is seconds)."""
+    """Seconds from ``90``, ``90s``, ``30m``, ``2h``, ``7d``, ``1w``, ``1h30m`` (a bare
+    number is seconds): the one duration grammar of :mod:`bulk.timespec`, plus numbers
+    from the TOML config."""
     if isinstance(text, int | float) and not isinstance(text, bool):
         if text < 0:
             raise UsageError(f"bad {what} {text}: must not be negative")
         return float(text)
-    m = _NUMBER_UNIT.match(str(text))
-    unit = m.group(2) if m else ""
-    if not m or unit not in _DURATION_UNITS:
-        raise UsageError(
-            f"bad {what} {text!r}: expected a number with an optional unit (s, m, h, d, w)"
-        )
-    return float(m.group(1)) * _DURATION_UNITS[unit]
+    return parse_duration_ns(str(text), what=f"{what} {text!r}") / 1_000_000_000
