@@ -157,27 +157,34 @@ def test_capture_compress_retention_rotate_under_load(scenario: Scenario) -> Non
     assert (closed, drops) == (sent, 0)
 
 
-def test_analyses_ran_over_the_changing_archive(scenario: Scenario) -> None:
-    """The analyses ran while the archive changed; what went wrong (if anything)
-    is printed here and pinned deterministically by the test below."""
-    for what in ("extract", "backdoor"):
-        assert scenario.loops[what].results, f"{what} never ran"
-        for line in failures(scenario.loops[what], what, (0, 3)):
-            print(line.splitlines()[0][:200])
+def test_analyses_over_the_changing_archive(scenario: Scenario) -> None:
+    """bulk extract --dir copes with traces renamed or deleted under it (exit 0 or 3,
+    no traceback); bulk backdoor --dir does not yet (pinned by the strict xfail
+    below): its failures are printed here."""
+    bad = failures(scenario.loops["extract"], "extract", (0, 3))
+    assert not bad, "\n".join(bad)
+    assert scenario.loops["backdoor"].results, "backdoor never ran"
+    for line in failures(scenario.loops["backdoor"], "backdoor", (0, 3)):
+        print(line.splitlines()[0][:200])
 
 
 RACE_REASON = (
     "archive readers list the directory, then open each file: a trace renamed meanwhile "
     "(X.pcap.open -> X.pcap by rotation, X.pcap -> X.pcap.zst by compression) or deleted by "
-    "retention fails the whole run ('No such file or directory', exit 2; bulk extract: a "
-    "FileNotFoundError traceback from extraction/plan.py describe). Readers of an archive "
-    "should follow a renamed trace to its new name and skip, with a warning, one deleted "
-    "by retention."
+    "retention fails the whole run ('No such file or directory', exit 2). Readers of an "
+    "archive should follow a renamed trace to its new name and skip, with a warning, one "
+    "deleted by retention (as bulk extract does since cc83033)."
 )
 
 
-@pytest.mark.parametrize("command", ["extract", "backdoor", "contents"])
-@pytest.mark.xfail(strict=True, reason=RACE_REASON)
+@pytest.mark.parametrize(
+    "command",
+    [
+        "extract",
+        pytest.param("backdoor", marks=pytest.mark.xfail(strict=True, reason=RACE_REASON)),
+        pytest.param("contents", marks=pytest.mark.xfail(strict=True, reason=RACE_REASON)),
+    ],
+)
 def test_archive_changing_between_listing_and_reading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
@@ -218,3 +225,14 @@ def test_archive_changing_between_listing_and_reading(
     res = run_cli(argv)
     assert "Traceback" not in res.stderr
     assert res.status == 0, res.stderr
+    if command == "extract":
+        # What is still there (under its new names) was read, the deleted one skipped.
+        want = sum(
+            len(subprocess.run(["tcpdump", "-r", str(DATA / src), "-nn", "-q", "tcp"],
+                               capture_output=True, text=True, check=True).stdout.splitlines())
+            for src in ("zeek-http-get.pcap", "ssh-on-port-80.pcap")
+        )  # fmt: skip
+        from bulk.trace import open_trace  # noqa: PLC0415
+
+        with open_trace(str(tmp_path / "x.pcap")) as r:
+            assert sum(1 for _ in r) == want
