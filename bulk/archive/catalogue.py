@@ -538,7 +538,7 @@ class Catalogue:
         files (``.open``) are recorded as open without being scanned.
         """
         report = RebuildReport()
-        on_disk = traces_in_dir(self.directory, include_open=True)
+        on_disk = traces_in_dir(self.directory, include_open=True, with_empty_open=True)
         names = {os.path.relpath(p, self.directory) for p in on_disk}
         with self._errors():
             known = {r[0]: r[1] for r in self._conn.execute("SELECT name, size FROM files")}

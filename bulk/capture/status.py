@@ -140,7 +140,11 @@ def _add_states(st: CaptureStatus, states: list[LiveState], now_ns: int) -> None
 
 def archive_status(directory: str) -> ArchiveStatus:
     a = ArchiveStatus(directory)
-    paths = traces_in_dir(directory, include_open=True) if os.path.isdir(directory) else []
+    paths = (
+        traces_in_dir(directory, include_open=True, with_empty_open=True)
+        if os.path.isdir(directory)
+        else []
+    )
     for path in paths:
         try:
             a.bytes += os.path.getsize(path)
