@@ -76,16 +76,19 @@ def test_kill9_at_random_moments_during_traffic(pair: VethPair, tmp_path: Path) 
     left_open: set[str] = set()
     gaps: list[float] = []
     captures: list[LiveCapture] = []
-    replay = subprocess.Popen(
-        pair.ns_cmd(
-            pair.sender_ns, "tcpreplay", "--pps", str(RATE), "-i", pair.sender_dev, str(sent_file)
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    replay: subprocess.Popen[str] | None = None
     try:
-        captures.append(LiveCapture(pair, d, "--rotate-bytes", ROTATE).start())
+        # The first capture listens before the first frame is sent.
+        first = LiveCapture(pair, d, "--rotate-bytes", ROTATE)
+        captures.append(first)
+        first.start()
+        replay = subprocess.Popen(
+            pair.ns_cmd(
+                pair.sender_ns, "tcpreplay", "--pps", str(RATE), "-i", pair.sender_dev,
+                str(sent_file),
+            ),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
         for k in range(KILLS):
             time.sleep(rng.uniform(0.0, MAX_RUN_S))
             captures[-1].stop(signal.SIGKILL)
@@ -97,7 +100,9 @@ def test_kill9_at_random_moments_during_traffic(pair: VethPair, tmp_path: Path) 
                 st = (d / name).stat()
                 assert (st.st_ino, st.st_size) == (ino, size), f"{name} changed after kill {k}"
             left_open |= {p.name for p in opens(d)}
-            captures.append(LiveCapture(pair, d, "--rotate-bytes", ROTATE).start())
+            nxt = LiveCapture(pair, d, "--rotate-bytes", ROTATE)
+            captures.append(nxt)
+            nxt.start()
             gaps.append(time.monotonic() - killed)
             for p in finals(d):
                 if p.name not in snapshots and p.name not in left_open and not _is_open(d, p):
@@ -108,7 +113,7 @@ def test_kill9_at_random_moments_during_traffic(pair: VethPair, tmp_path: Path) 
         time.sleep(0.5)  # the last frames reach the capture's ring
         assert captures[-1].stop() == 0, captures[-1].log_text()
     finally:
-        if replay.poll() is None:
+        if replay is not None and replay.poll() is None:
             replay.kill()
             replay.wait()
         for c in captures:
