@@ -40,15 +40,22 @@ def _molecule(scenario: str) -> subprocess.CompletedProcess[str]:
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("ANSIBLE_FORCE_COLOR", "0")
     env["NO_COLOR"] = "1"
-    return subprocess.run(
-        [str(VENV_BIN / "molecule"), "test", "--scenario-name", scenario],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1700,
-        check=False,
-    )
+    command = [str(VENV_BIN / "molecule"), "test", "--scenario-name", scenario]
+    try:
+        return subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1700, check=False
+        )
+    except subprocess.TimeoutExpired:
+        # QEMU runs detached: stop it and remove its tap before failing.
+        subprocess.run(
+            [str(VENV_BIN / "molecule"), "destroy", "--scenario-name", scenario],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+        raise
 
 
 def _report(proc: subprocess.CompletedProcess[str]) -> str:
