@@ -12,6 +12,13 @@ file=$(grep -l -F -- "$pattern" /etc/cron.d/* | head -n 1)
 line=$(grep -v '^[[:space:]]*#' "$file" | grep -F -- "$pattern" | head -n 1)
 user=$(echo "$line" | awk '{print $6}')
 command=$(echo "$line" | awk '{ for (i = 1; i <= 6; i++) $i = ""; sub(/^ +/, ""); print }')
+# cron ends the command at the first bare % (the rest is its stdin) and reads
+# \% as %: entries here never feed stdin, so refuse a bare % and unescape.
+if printf '%s' "$command" | grep -Eq '(^|[^\\])%'; then
+  echo "cron entry has a bare % (stdin data), not supported: $command" >&2
+  exit 2
+fi
+command=$(printf '%s' "$command" | sed 's/\\%/%/g')
 home=$(getent passwd "$user" | cut -d: -f6)
 set -- env -i SHELL=/bin/sh PATH=/usr/bin:/bin HOME="$home" LOGNAME="$user"
 # The file's own environment lines (PATH=..., MAILTO=...) override cron's.
