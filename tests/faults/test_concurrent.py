@@ -196,8 +196,15 @@ def test_archive_changing_between_listing_and_reading(
     the archive (extract-late: after it planned its reads), rotation finalises the
     open file, compression replaces a trace by its .zst and retention deletes
     another."""
+    import importlib  # noqa: PLC0415
+
     from bulk.archive import listing  # noqa: PLC0415
     from bulk.compress.codec import CompressSettings, compress_file  # noqa: PLC0415
+
+    # Imported before anything is patched: a module imported while
+    # listing.traces_in_dir is patched would keep the stand-in for good.
+    for module in ("backdoor", "contents", "extract", "slice"):
+        importlib.import_module(f"bulk.commands.{module}")
     from tests.conftest import DATA  # noqa: PLC0415
     from tests.faults.harness import run_cli  # noqa: PLC0415
 
