@@ -360,12 +360,28 @@ class SeekableTrace:
         """Decompress frame ``i`` from its compressed bytes and check its size
         (the decoder checks the frame's own checksum)."""
         fr = self.frames[i]
+        if fr.decomp_size > MAX_FRAME_DECOMPRESSED:
+            raise TraceError(
+                self.path, fr.comp_offset, f"frame {i}: the index says {fr.decomp_size} bytes"
+            )
+        # Never more output than the index announces: a corrupt (or hostile)
+        # frame header declaring gigabytes must not make us allocate them.
         try:
             if self.compression == "zstd":
-                data: bytes = zstandard.ZstdDecompressor().decompress(comp)
+                declared = zstandard.frame_content_size(comp)
+                if declared not in (fr.decomp_size, -1):
+                    raise zstandard.ZstdError(
+                        f"its header declares {declared} bytes, the index {fr.decomp_size}"
+                    )
+                data: bytes = zstandard.ZstdDecompressor().decompress(
+                    comp, max_output_size=fr.decomp_size
+                )
             else:
                 d = zlib.decompressobj(31)
-                data = d.decompress(comp) + d.flush()
+                data = d.decompress(comp, fr.decomp_size + 1)
+                if len(data) > fr.decomp_size or d.unconsumed_tail:
+                    raise zlib.error(f"member holds more than the index's {fr.decomp_size} bytes")
+                data += d.flush()
                 if not d.eof or d.unused_data:
                     raise zlib.error("member does not end where the index says")
         except (zstandard.ZstdError, zlib.error) as exc:

@@ -146,3 +146,20 @@ def test_catalogue_rebuild_keeps_the_row_of_an_empty_open_file(tmp_path: Path) -
         report = cat.rebuild()
         assert report.open_files == 1
         assert cat.get("bulk-20260101T000002Z-eth0-000002.pcap.open") is not None
+
+
+def test_a_zstd_frame_header_declaring_gigabytes_is_not_believed(tmp_path: Path) -> None:
+    """One flipped bit in a frame header (the content-size field grows) made the
+    seekable reader allocate what it declares: MemoryError (a traceback), or
+    gigabytes of memory for a frame the index says holds 2 KiB."""
+    from bulk.trace import SeekableTrace  # noqa: PLC0415
+    from tests.faults.mutate import compressed_bases  # noqa: PLC0415
+
+    base = next(b for b in compressed_bases(tmp_path) if b.name == "zeek-http-get.pcap.zst")
+    data = bytearray(base.data)
+    assert data[:4] == b"\x28\xb5\x2f\xfd"
+    data[4] |= 0x80  # frame header descriptor: an 8-byte frame content size
+    path = tmp_path / "bad.pcap.zst"
+    path.write_bytes(bytes(data))
+    with pytest.raises(TraceError), SeekableTrace.open(str(path)) as trace:
+        list(trace.packets_in(0, len(trace.frames)))
