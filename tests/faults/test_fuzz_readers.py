@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from bulk.errors import BulkError, FilterError, TraceError
 from tests.faults.harness import deadline, examples
-from tests.faults.mutate import Base, bases, compressed_bases, mutations, write_case
+from tests.faults.mutate import Base, Pool, bases, compressed_bases, mutations, write_case
 
 DEADLINE_S = 10.0
 FUZZ = settings(
@@ -42,7 +42,7 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def zbases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Base, ...]:
-    return compressed_bases(tmp_path_factory.mktemp("zbases"))
+    return Pool(compressed_bases(tmp_path_factory.mktemp("zbases")))
 
 
 @pytest.fixture
