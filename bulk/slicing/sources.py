@@ -534,10 +534,17 @@ def _decode_frame(st: SeekableTrace, k: int, comp: bytes) -> bytes:
     f = st.frames[k]
     try:
         if st.compression == "zstd":
+            # max_output_size is ignored when the frame header declares a size:
+            # a corrupt header must not make us allocate what it claims.
+            declared = zstandard.frame_content_size(comp)
+            if declared not in (f.decomp_size, -1):
+                raise zstandard.ZstdError(f"header declares {declared} bytes")
             data = zstandard.ZstdDecompressor().decompress(comp, max_output_size=f.decomp_size)
         else:
             d = zlib.decompressobj(31)
-            data = d.decompress(comp) + d.flush()
+            data = d.decompress(comp, f.decomp_size + 1)  # never more than the index says
+            if len(data) <= f.decomp_size and not d.unconsumed_tail:
+                data += d.flush()
     except (zstandard.ZstdError, zlib.error) as exc:
         raise TraceError(st.path, f.comp_offset, f"frame {k} corrupt: {exc}") from None
     if len(data) != f.decomp_size:

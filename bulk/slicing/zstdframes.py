@@ -187,6 +187,11 @@ class ZstdFrames:
         comp = os.pread(self.fd, f.comp_size, f.comp_offset)
         self.bytes_read += len(comp)
         try:
+            # max_output_size is ignored when the frame header declares a size:
+            # a corrupt header must not make us allocate what it claims.
+            declared = zstandard.frame_content_size(comp)
+            if declared not in (f.data_size, -1):
+                raise zstandard.ZstdError(f"header declares {declared} bytes")
             data = self._dctx.decompress(comp, max_output_size=f.data_size)
         except zstandard.ZstdError as exc:
             raise TraceError(self.path, f.comp_offset, f"corrupt zstd frame: {exc}") from None
