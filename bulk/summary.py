@@ -53,7 +53,11 @@ def iso_ns(ns: int | None) -> str | None:
     if ns is None:
         return None
     sec, frac = divmod(ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        stamp = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    except (ValueError, OverflowError, OSError):
+        # Beyond year 9999 (a damaged trace's times): the epoch seconds instead.
+        return f"{sec}.{frac:09d}"
     return f"{stamp}.{frac:09d}Z"
 
 

@@ -400,7 +400,7 @@ class Catalogue:
             c.execute("DELETE FROM time_index WHERE file_id = ?", (file_id,))
             c.executemany(
                 "INSERT INTO time_index VALUES (?, ?, ?, ?, ?, ?)",
-                [(file_id, e.packet, e.offset, e.ts_ns, e.min_ns, e.max_ns) for e in entries],
+                [_index_row(file_id, e) for e in entries],
             )
 
     def frame_index(self, name: str) -> list[FrameEntry]:
@@ -478,8 +478,8 @@ class Catalogue:
             "packets": scan.packets,
             "bytes": scan.bytes,
             "raw_size": scan.end_offset,
-            "first_ns": scan.min_ns,
-            "last_ns": scan.max_ns,
+            "first_ns": db_ns(scan.min_ns),
+            "last_ns": db_ns(scan.max_ns),
             "indexed": True,
             **changes,
         }
@@ -507,7 +507,7 @@ class Catalogue:
             c.execute("DELETE FROM time_index WHERE file_id = ?", (file_id,))
             c.executemany(
                 "INSERT INTO time_index VALUES (?, ?, ?, ?, ?, ?)",
-                [(file_id, e.packet, e.offset, e.ts_ns, e.min_ns, e.max_ns) for e in scan.entries],
+                [_index_row(file_id, e) for e in scan.entries],
             )
         record = self.get(changes.get("name", name))
         assert record is not None
@@ -577,6 +577,23 @@ class Catalogue:
             if progress is not None:
                 progress(name, scan)
         return report
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
+def db_ns(ns: int | None) -> int | None:
+    """A time as SQLite can store it (64-bit): a damaged trace's packet times can
+    lie centuries away, beyond what 64-bit nanoseconds hold; they are clamped."""
+    if ns is None:
+        return None
+    return max(-_INT64_MAX - 1, min(ns, _INT64_MAX))
+
+
+def _index_row(
+    file_id: int, e: IndexEntry
+) -> tuple[int, int, int, int | None, int | None, int | None]:
+    return (file_id, e.packet, e.offset, db_ns(e.ts_ns), db_ns(e.min_ns), db_ns(e.max_ns))
 
 
 def _record(row: Sequence[Any]) -> FileRecord:

@@ -163,3 +163,55 @@ def test_a_zstd_frame_header_declaring_gigabytes_is_not_believed(tmp_path: Path)
     path.write_bytes(bytes(data))
     with pytest.raises(TraceError), SeekableTrace.open(str(path)) as trace:
         list(trace.packets_in(0, len(trace.frames)))
+
+
+def _pcapng_far_future(path: Path) -> None:
+    """One Ethernet packet stamped 2^63 microseconds after the epoch (year ~292,000)."""
+    shb_body = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
+    shb = struct.pack("<II", 0x0A0D0D0A, 12 + len(shb_body)) + shb_body
+    shb += struct.pack("<I", 12 + len(shb_body))
+    idb_body = struct.pack("<HHI", 1, 0, 0)
+    idb = (
+        struct.pack("<II", 1, 12 + len(idb_body)) + idb_body + struct.pack("<I", 12 + len(idb_body))
+    )
+    frame = (DATA / "zeek-http-get.pcap").read_bytes()[40:118]  # its first frame, 78 bytes
+    ticks = 1 << 63
+    epb_body = struct.pack("<IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame))
+    epb_body += frame + bytes(-len(frame) % 4)
+    epb = (
+        struct.pack("<II", 6, 12 + len(epb_body)) + epb_body + struct.pack("<I", 12 + len(epb_body))
+    )
+    path.write_bytes(shb + idb + epb)
+
+
+def test_packet_times_beyond_year_9999(tmp_path: Path) -> None:
+    """A damaged pcapng's times can lie centuries ahead: the ISO formatting
+    raised ValueError (contents summary, info) and the catalogue OverflowError
+    (SQLite holds 64 bits): tracebacks from 'bulk contents' and 'bulk index'."""
+    from bulk.summary import iso_ns  # noqa: PLC0415
+    from tests.faults.harness import run_cli  # noqa: PLC0415
+
+    assert iso_ns(10**21) == "1000000000000.000000000"
+    trace = tmp_path / "far.pcapng"
+    _pcapng_far_future(trace)
+    for argv in (
+        ["contents", "-q", "-r", str(trace), "-o", str(tmp_path / "out")],
+        ["info", str(trace)],
+        ["index", "-q", str(trace)],
+    ):
+        res = run_cli(argv)
+        assert res.status == 0, (argv, res.stderr)
+
+
+def test_slicing_a_zstd_frame_header_declaring_gigabytes(tmp_path: Path) -> None:
+    """The slicer's own frame readers believed the frame header too (MemoryError)."""
+    from tests.faults.harness import run_cli  # noqa: PLC0415
+    from tests.faults.mutate import compressed_bases  # noqa: PLC0415
+
+    base = next(b for b in compressed_bases(tmp_path) if b.name == "zeek-http-get.pcap.zst")
+    data = bytearray(base.data)
+    data[4] |= 0x80
+    path = tmp_path / "bad.pcap.zst"
+    path.write_bytes(bytes(data))
+    res = run_cli(["slice", "0", str(path), "-w", str(tmp_path / "out")])
+    assert res.status == 2 and len(res.stderr_lines) == 1, res.stderr
