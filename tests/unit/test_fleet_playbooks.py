@@ -157,3 +157,35 @@ def test_extract_merges_every_sensor_in_time_order(tmp_path: Path) -> None:
     with open_trace(str(output)) as reader:
         stamps = [pkt.ts_ns for pkt in reader]
     assert stamps == sorted(stamps) and len(stamps) == total
+
+
+def test_contents_fetches_every_file_each_sensor_wrote(tmp_path: Path) -> None:
+    traces = {"sensor-a": ["http-single-conn-22.pcap"], "sensor-b": ["irc-basic.pcap"]}
+    inventory = fleet(tmp_path, traces, unreachable=False)
+    output = tmp_path / "contents"
+    proc = play(
+        "contents.yml",
+        inventory,
+        "-e",
+        "contents_start=1970-01-01T00:00Z",
+        "-e",
+        "contents_end=2100-01-01T00:00Z",
+        "-e",
+        "contents_filter=tcp",
+        "-e",
+        f"contents_output={output}",
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    for host, names in traces.items():
+        # What bulk contents writes for the same trace run here, directly.
+        direct = tmp_path / f"direct-{host}"
+        argv = [BULK, "contents", "-q", "-f", "tcp", "-o", str(direct)]
+        argv += [arg for n in names for arg in ("-r", str(DATA / n))]
+        subprocess.run(argv, check=True, capture_output=True)
+        fetched = {p.name: p.read_bytes() for p in (output / host).iterdir()}
+        expected = {p.name: p.read_bytes() for p in direct.iterdir()}
+        assert len(expected) >= 3  # two directions and the summary, at least
+        assert fetched.keys() == expected.keys()
+        for name, data in expected.items():
+            if name != "contents.jsonl":  # the summary names its input files
+                assert fetched[name] == data, name
