@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from bulk.archive.listing import OPEN_SUFFIX
 from bulk.errors import TraceError, UsageError
 from bulk.timespec import TimeWindow
+from bulk.trace.stream import sniff_compression
 
 if TYPE_CHECKING:
     from bulk.archive.hostindex import HostIndex
@@ -138,7 +139,9 @@ def describe(path: str, use_index: bool) -> Input:
         return Input(
             path=path,
             format=str(meta["format"]),
-            compression=meta.get("compression"),
+            # From the file itself: an index written before compression renamed
+            # the trace (X.pcap.idx -> X.pcap.zst.idx) still says uncompressed.
+            compression=sniff_compression(path),
             linktypes=tuple(index.linktypes),
             snaplen=int(meta.get("snaplen") or 0),
             nanosecond=bool(meta.get("nanosecond")),

@@ -32,6 +32,15 @@ def _is_zstd_start(head: bytes) -> bool:
     return False
 
 
+def sniff_compression(path: str) -> str | None:
+    """"gzip", "zstd" or None, from a file's first bytes (never from its name)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == GZIP_MAGIC:
+        return "gzip"
+    return "zstd" if _is_zstd_start(head) else None
+
+
 class _Decoded:
     """A decompressing reader with plain ``read(n)`` semantics.
 
