@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bulk.errors import TraceError
+from bulk.trace.stream import open_error
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -63,14 +64,8 @@ class FileBytes:
         self.path = path
         try:
             self.fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise TraceError(path, None, "no such file") from None
-        except IsADirectoryError:
-            raise TraceError(path, None, "is a directory, not a trace") from None
-        except PermissionError:
-            raise TraceError(path, None, "permission denied") from None
         except OSError as exc:
-            raise TraceError(path, None, exc.strerror or str(exc)) from None
+            raise open_error(path, exc) from None
         # A trace being captured grows: only what exists now is read.
         self.size = os.fstat(self.fd).st_size
         self.bytes_read = 0

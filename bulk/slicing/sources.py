@@ -45,6 +45,7 @@ from bulk.slicing.pcapfile import (
     iter_buffer,
     parse_pcap_header,
 )
+from bulk.trace.stream import open_error
 
 if TYPE_CHECKING:
     from bulk.trace.packet import Packet
@@ -585,14 +586,8 @@ def open_source(path: str) -> Source:
     try:
         with open(path, "rb") as f:
             head = f.read(FILE_HEADER_LEN + RECORD_HEADER_LEN)
-    except FileNotFoundError:
-        raise TraceError(path, None, "no such file") from None
-    except IsADirectoryError:
-        raise TraceError(path, None, "is a directory, not a trace") from None
-    except PermissionError:
-        raise TraceError(path, None, "permission denied") from None
     except OSError as exc:
-        raise TraceError(path, None, exc.strerror or str(exc)) from None
+        raise open_error(path, exc) from None
     if parse_pcap_header(head) is not None:
         return SeekablePcap(FileBytes(path), "pcap")
     if _is_zstd(head) or head[:2] == b"\x1f\x8b":

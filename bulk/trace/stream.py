@@ -32,6 +32,17 @@ def _is_zstd_start(head: bytes) -> bool:
     return False
 
 
+def open_error(path: str, exc: OSError) -> TraceError:
+    """The one-line TraceError for a trace that cannot be opened."""
+    if isinstance(exc, FileNotFoundError):
+        return TraceError(path, None, "no such file")
+    if isinstance(exc, IsADirectoryError):
+        return TraceError(path, None, "is a directory, not a trace")
+    if isinstance(exc, PermissionError):
+        return TraceError(path, None, "permission denied")
+    return TraceError(path, None, exc.strerror or str(exc))
+
+
 def sniff_compression(path: str) -> str | None:
     """"gzip", "zstd" or None, from a file's first bytes (never from its name)."""
     with open(path, "rb") as f:
@@ -104,14 +115,8 @@ class TraceStream:
         else:
             try:
                 raw = open(path, "rb")  # noqa: SIM115 - closed in close()
-            except FileNotFoundError:
-                raise TraceError(path, None, "no such file") from None
-            except IsADirectoryError:
-                raise TraceError(path, None, "is a directory, not a trace") from None
-            except PermissionError:
-                raise TraceError(path, None, "permission denied") from None
             except OSError as exc:
-                raise TraceError(path, None, exc.strerror or str(exc)) from None
+                raise open_error(path, exc) from None
             self._owns = True
         self._raw = raw
         buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[type-var]
