@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bulk.errors import TraceError
-from bulk.trace.stream import open_error
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -65,6 +64,8 @@ class FileBytes:
         try:
             self.fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
+            from bulk.trace.stream import open_error  # noqa: PLC0415 - error path only
+
             raise open_error(path, exc) from None
         # A trace being captured grows: only what exists now is read.
         self.size = os.fstat(self.fd).st_size

@@ -45,7 +45,6 @@ from bulk.slicing.pcapfile import (
     iter_buffer,
     parse_pcap_header,
 )
-from bulk.trace.stream import open_error
 
 if TYPE_CHECKING:
     from bulk.trace.packet import Packet
@@ -587,6 +586,8 @@ def open_source(path: str) -> Source:
         with open(path, "rb") as f:
             head = f.read(FILE_HEADER_LEN + RECORD_HEADER_LEN)
     except OSError as exc:
+        from bulk.trace.stream import open_error  # noqa: PLC0415 - error path only
+
         raise open_error(path, exc) from None
     if parse_pcap_header(head) is not None:
         return SeekablePcap(FileBytes(path), "pcap")

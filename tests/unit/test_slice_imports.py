@@ -1,0 +1,59 @@
+"""`bulk slice` of a plain pcap loads only what that path needs.
+
+Start-up dominates a slice of a small window (docs/BENCHMARKS.md, "bulk
+slice"): the trace layer (zstandard, pcapy, threads), the catalogue (sqlite3)
+and the other commands must not be imported to cut an uncompressed pcap. The
+modules a run leaves in ``sys.modules`` are the evidence; no timing here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+PROBE = """\
+import sys
+from bulk.cli import main
+status = main(sys.argv[1:])
+print(status, *sorted(sys.modules))
+"""
+
+# Loaded only for compressed traces, streams, archives or other commands.
+HEAVY = (
+    "bulk.trace",
+    "bulk.archive.catalogue",
+    "bulk.commands.extract",
+    "bulk.commands.info",
+    "zstandard",
+    "pcapy",
+    "sqlite3",
+    "concurrent.futures",
+    "ctypes",
+)
+
+
+def _loaded(*argv: str) -> tuple[int, list[str]]:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=False
+    )
+    assert proc.stderr == ""
+    status, *modules = proc.stdout.splitlines()[-1].split()
+    return int(status), modules
+
+
+@pytest.mark.parametrize("show_window", [False, True])
+def test_plain_pcap_slice_imports_no_heavy_module(tmp_path: Path, show_window: bool) -> None:
+    out = tmp_path / "out.pcap"
+    trace = str(DATA / "dns_udp.pcap")
+    argv = ["slice", "-d", "+0", "+1", trace] if show_window else ["slice", "-w", str(out), trace]
+    status, modules = _loaded(*argv)
+    assert status == 0
+    if not show_window:
+        assert out.stat().st_size > 24
+    heavy = [m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+    assert heavy == []
