@@ -32,8 +32,8 @@ import argparse
 import itertools
 import re
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from typing import NamedTuple
 
 from bulk.errors import UsageError
 
@@ -65,8 +65,7 @@ _DURATION_UNITS_NS = {
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|ms|s|m|h|d|w)")
 
 
-@dataclass(frozen=True)
-class TimeWindow:
+class TimeWindow(NamedTuple):
     """A resolved window, inclusive at both ends as tcpslice's; None is unbounded."""
 
     start_ns: int | None

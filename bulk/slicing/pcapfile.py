@@ -16,8 +16,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from bulk.errors import TraceError
 
@@ -86,8 +85,7 @@ class FileBytes:
             self.fd = -1
 
 
-@dataclass(frozen=True)
-class PcapFormat:
+class PcapFormat(NamedTuple):
     """What a pcap file header says; ``header`` is the 24 bytes verbatim."""
 
     endian: str  # "<" or ">"
@@ -153,8 +151,7 @@ def iter_buffer(buf: bytes, pos: int, fmt: PcapFormat) -> Iterator[tuple[int, in
         pos += RECORD_HEADER_LEN + caplen
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     offset: int
     ts_ns: int
     caplen: int

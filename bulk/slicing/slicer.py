@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from bulk.errors import TraceError, UsageError
 from bulk.slicing.output import SliceSink, make_format
@@ -27,26 +26,28 @@ from bulk.slicing.sources import IndexedSource, SeekablePcap, Source, Window, op
 from bulk.timespec import TimeWindow, resolve_window
 
 
-@dataclass(frozen=True)
-class SliceOptions:
+class SliceOptions(NamedTuple):
     keep_duplicates: bool = False
     scan_all: bool = False  # read every packet of every kept file (unordered files)
 
 
-@dataclass
+DEFAULT_OPTIONS = SliceOptions()
+
+
 class SliceReport:
     """What a slice did, for ``--stats`` and for tests."""
 
-    window: TimeWindow
-    files: int = 0
-    files_used: list[str] = field(default_factory=list)
-    packets_merged: int = 0
-    duplicates: int = 0
-    ranges_copied: int = 0
-    bytes_copied: int = 0
-    bytes_read: int = 0
-    input_bytes: int = 0
-    warnings: list[str] = field(default_factory=list)
+    def __init__(self, window: TimeWindow, files: int = 0) -> None:
+        self.window = window
+        self.files = files
+        self.files_used: list[str] = []
+        self.packets_merged = 0
+        self.duplicates = 0
+        self.ranges_copied = 0
+        self.bytes_copied = 0
+        self.bytes_read = 0
+        self.input_bytes = 0
+        self.warnings: list[str] = []
 
 
 def open_sources(paths: Sequence[str]) -> list[Source]:
@@ -163,7 +164,7 @@ def write_slice(
     sources: Sequence[Source],
     window: TimeWindow,
     out: BinaryIO,
-    options: SliceOptions = SliceOptions(),
+    options: SliceOptions = DEFAULT_OPTIONS,
 ) -> SliceReport:
     """Write the packets of ``sources`` inside ``window`` as one pcap to ``out``."""
     report = SliceReport(window, files=len(sources))

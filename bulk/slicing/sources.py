@@ -28,7 +28,6 @@ import itertools
 import os
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from bulk.errors import TraceError
@@ -65,8 +64,7 @@ class Segment(NamedTuple):
     max_ns: int
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(NamedTuple):
     """Inclusive time bounds in ns (None: unbounded)."""
 
     start_ns: int | None
