@@ -133,10 +133,10 @@ def _split_positionals(args: argparse.Namespace) -> tuple[str | None, str | None
 
 
 def _inputs(args: argparse.Namespace, files: list[str]) -> list[str]:
-    from bulk.archive.listing import traces_in_dir  # noqa: PLC0415
-
     paths = list(files)
     for directory in args.dir:
+        from bulk.archive.listing import traces_in_dir  # noqa: PLC0415
+
         paths.extend(traces_in_dir(directory, include_open=not args.closed_only))
     if not paths:
         if args.dir:
@@ -184,11 +184,11 @@ def _open(
 ) -> tuple[list[str], list[Source], TimeWindow | None, int]:
     """(paths, sources, window or None to resolve, files skipped by the catalogue)."""
     from bulk.slicing import slicer  # noqa: PLC0415
-    from bulk.slicing.archive import catalogued, plan_archive  # noqa: PLC0415
 
     paths = _inputs(args, files)
     if args.dir and not files and not args.list and "-" not in paths:
         from bulk.archive.listing import traces_in_dir  # noqa: PLC0415
+        from bulk.slicing.archive import catalogued, plan_archive  # noqa: PLC0415
 
         candidates = []
         for directory in args.dir:
