@@ -45,6 +45,16 @@ class TruncatedTrace(TraceError):
     exit_status = EXIT_TRUNCATED
 
 
+class Vanished(TraceError):
+    """A trace listed in an archive and deleted (by retention) before it was read.
+
+    Readers of an archive skip it: whoever raises it has reported it as a warning
+    (bulk.archive.members).
+    """
+
+    exit_status = EXIT_OK
+
+
 class FilterError(UsageError):
     """libpcap rejected a BPF expression."""
 

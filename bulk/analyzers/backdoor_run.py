@@ -39,7 +39,7 @@ import pcapy
 
 from bulk.analyzers.backdoor import BackdoorAnalyzer, BackdoorConfig, Finding
 from bulk.decode import PROTO_TCP, decode_fields
-from bulk.errors import TraceError, TruncatedTrace
+from bulk.errors import TraceError, TruncatedTrace, Vanished
 from bulk.flow.table import FlowConfig, FlowTable, TableStats
 from bulk.trace import iter_packets, open_trace
 from bulk.trace.bpf import compile_bpf
@@ -49,6 +49,8 @@ from bulk.trace.packet import (
     LINKTYPE_LINUX_SLL,
     LINKTYPE_RAW,
 )
+from bulk.trace.source import Opener, open_direct
+from bulk.trace.stream import open_error, sniff_compression
 
 if TYPE_CHECKING:
     from bulk.flow.table import Flow
@@ -108,11 +110,14 @@ def run(
     bpf: str | None = None,
     fast: bool | None = None,
     flow_cutoff: int = 16,
+    opener: Opener = open_direct,
 ) -> RunStats:
     """Analyse ``paths``; findings go to ``emit``. ``fast=None`` chooses.
 
     Raises TraceError/FilterError before any output for unusable input, and
-    TruncatedTrace after processing every whole packet of a cut file.
+    TruncatedTrace after processing every whole packet of a cut file. Each
+    path is opened through ``opener`` (see :class:`bulk.trace.source.Opener`):
+    one it reports as vanished is left out.
     """
     if fast is None:
         fast = fast_path_ok(paths, start_ns, end_ns)
@@ -126,10 +131,10 @@ def run(
     table = FlowTable([analyzer], flow_config())
     if fast:
         stats.path = "fast"
-        _run_fast(paths, table, bpf, flow_cutoff, stats, decided=decided)
+        _run_fast(paths, table, bpf, flow_cutoff, stats, decided=decided, opener=opener)
     else:
         try:
-            table.run(iter_packets(paths, start_ns, end_ns, bpf))
+            table.run(iter_packets(paths, start_ns, end_ns, bpf, opener))
         finally:
             table.finish()
         stats.files = len(paths)
@@ -176,10 +181,14 @@ def _run_fast(
     stats: RunStats,
     *,
     decided: set[bytes],
+    opener: Opener = open_direct,
 ) -> None:
     order = []
     for path in paths:
-        first, linktype = _first_ts(path)  # a bad file fails before any output
+        try:
+            first, linktype = opener(path, _first_ts)  # a bad file fails before any output
+        except Vanished:
+            continue
         if bpf:
             compile_bpf(bpf, linktype)  # a bad filter too
         order.append((first, path))
@@ -188,7 +197,10 @@ def _run_fast(
     try:
         for _, path in order:
             stats.files += 1
-            _fast_file(path, table, bpf, cutoff, stats=stats, errors=errors, decided=decided)
+            _fast_file(
+                path, table, bpf, cutoff, stats=stats, errors=errors, decided=decided,
+                opener=opener,
+            )  # fmt: skip
     finally:
         table.finish()
     if errors:
@@ -204,7 +216,52 @@ def _fast_file(
     stats: RunStats,
     errors: list[TraceError],
     decided: set[bytes],
+    opener: Opener = open_direct,
 ) -> None:
+    """One file, opened once: libpcap's passes reopen it by its descriptor, so
+    that the file read is the one opened even if rotation, compression or
+    retention renames or deletes it meanwhile."""
+    try:
+        fd, where = opener(path, _pin)
+    except Vanished:
+        return
+    except OSError as exc:
+        errors.append(open_error(path, exc))
+        return
+    try:
+        source = f"/proc/self/fd/{fd}"
+        if sniff_compression(source) is not None:
+            # Compressed since it was listed: libpcap cannot read it, the trace layer can.
+            before = table.stats.packets
+            try:
+                table.feed(iter_packets([path], bpf=bpf, opener=opener))
+            except TraceError as exc:
+                errors.append(exc)
+            stats.packets_to_python += table.stats.packets - before
+            return
+        _fast_passes(source, where, table, bpf, cutoff, stats=stats, errors=errors,
+                     decided=decided)  # fmt: skip
+    finally:
+        os.close(fd)
+
+
+def _pin(path: str) -> tuple[int, str]:
+    """A descriptor of the file at ``path`` (and the path)."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC), path
+
+
+def _fast_passes(
+    source: str,
+    path: str,
+    table: FlowTable,
+    bpf: str | None,
+    cutoff: int,
+    *,
+    stats: RunStats,
+    errors: list[TraceError],
+    decided: set[bytes],
+) -> None:
+    """libpcap's passes over ``source`` (the file ``path``)."""
     process = table.process_decoded
     tstats = table.stats
     linktype = -1
@@ -232,7 +289,7 @@ def _fast_file(
             process(d)
 
     passes: list[tuple[str | None, int, int]] = []
-    reader = _open(path, errors)
+    reader = _open(source, path, errors)
     if reader is None:
         return
     linktype = reader.datalink()
@@ -251,7 +308,7 @@ def _fast_file(
         passes.append((f"not ip and ({bpf})" if bpf else "not ip", _CLASS_OTHER, _NO_CUTOFF))
     for i, (expr, mask, flow_cutoff) in enumerate(passes):
         if i > 0:
-            reader = _open(path, errors)
+            reader = _open(source, path, errors)
             if reader is None:
                 return
         if expr:
@@ -270,9 +327,9 @@ def _fast_file(
     stats.packets_skipped += skipped
 
 
-def _open(path: str, errors: list[TraceError]) -> pcapy.Reader | None:
+def _open(source: str, path: str, errors: list[TraceError]) -> pcapy.Reader | None:
     try:
-        return pcapy.open_offline(path)
+        return pcapy.open_offline(source)
     except pcapy.PcapError as exc:
         errors.append(_trace_error(path, str(exc)))
         return None

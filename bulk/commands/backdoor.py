@@ -11,9 +11,11 @@ from bulk.analyzers import backdoor_run
 from bulk.analyzers.backdoor import BackdoorConfig, Finding
 from bulk.analyzers.standard_ports import StandardPorts
 from bulk.archive.listing import expand_inputs, traces_in_dir
-from bulk.errors import EXIT_OK, UsageError
+from bulk.archive.members import Members
+from bulk.errors import EXIT_OK, UsageError, Vanished
 from bulk.timespec import format_iso, needs_reference, resolve_window
 from bulk.trace import open_trace
+from bulk.trace.source import Opener
 
 NAME = "backdoor"
 HELP = "find services (ssh, http, ftp, telnet, irc, ...) on non-standard ports, by payload"
@@ -77,16 +79,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats", action="store_true", help="print counters to stderr")
 
 
-def _inputs(args: argparse.Namespace) -> list[str]:
+def _inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Every input path, and those found by listing an archive (which may move)."""
     if args.dir is not None:
         paths = traces_in_dir(args.dir)
         if not paths:
             raise UsageError(f"{args.dir}: no trace files")
-        return paths
-    return expand_inputs(args.files)
+        return paths, paths
+    paths = expand_inputs(args.files)
+    return paths, [p for p in paths if p not in args.files]  # from a directory given with -r
 
 
-def _window(args: argparse.Namespace, paths: list[str]) -> tuple[int | None, int | None]:
+def _window(
+    args: argparse.Namespace, paths: list[str], opener: Opener
+) -> tuple[int | None, int | None]:
     if args.start is None and args.end is None:
         return None, None
     first: int | None = None
@@ -95,7 +101,11 @@ def _window(args: argparse.Namespace, paths: list[str]) -> tuple[int | None, int
         for path in paths:
             if path == "-":
                 continue
-            with open_trace(path) as reader:
+            try:
+                reader = opener(path, open_trace)
+            except Vanished:
+                continue
+            with reader:
                 for pkt in reader:
                     first = pkt.ts_ns if first is None else min(first, pkt.ts_ns)
                     break
@@ -129,15 +139,22 @@ def _print_table(findings: list[Finding]) -> None:
         out.write("  ".join([*cells, r[-1]]) + "\n")
 
 
+def _warn(message: str) -> None:
+    sys.stderr.write(f"bulk backdoor: warning: {message}\n")
+
+
 def run(args: argparse.Namespace) -> int:
-    paths = _inputs(args)
+    paths, listed = _inputs(args)
+    # An archive changes under its readers: a listed trace that moved since is
+    # followed, one deleted (retention) is a warning and skipped.
+    opener = Members(listed, _warn).open
     standard = StandardPorts.load(args.ports, args.standard)
     cfg = BackdoorConfig(
         standard=standard,
         report_standard=args.all,
         report_interactive=not args.no_interactive,
     )
-    start_ns, end_ns = _window(args, paths)
+    start_ns, end_ns = _window(args, paths, opener)
     findings: list[Finding] = []
     emit: Callable[[Finding], None] = findings.append
     if args.json:
@@ -148,8 +165,9 @@ def run(args: argparse.Namespace) -> int:
     fast = False if args.no_fast else None
     try:
         stats = backdoor_run.run(
-            paths, cfg, emit, start_ns=start_ns, end_ns=end_ns, bpf=args.bpf, fast=fast
-        )
+            paths, cfg, emit, start_ns=start_ns, end_ns=end_ns, bpf=args.bpf, fast=fast,
+            opener=opener,
+        )  # fmt: skip
     finally:
         if not args.json and findings:
             _print_table(findings)

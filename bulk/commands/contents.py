@@ -7,11 +7,13 @@ import sys
 
 from bulk.analyzers.contents import SUMMARY_NAME, ContentsAnalyzer
 from bulk.archive.listing import expand_inputs, traces_in_dir
+from bulk.archive.members import Members
 from bulk.decode import PROTO_TCP
-from bulk.errors import EXIT_OK, TraceError, UsageError
+from bulk.errors import EXIT_OK, TraceError, UsageError, Vanished
 from bulk.flow.table import FlowConfig, FlowTable
 from bulk.timespec import duration_arg, needs_reference, resolve_window
 from bulk.trace import BpfFilter, open_trace
+from bulk.trace.source import Opener, open_direct
 
 NAME = "contents"
 HELP = "write each TCP connection's reassembled bytes to contents.H1.P1.H2.P2 files"
@@ -95,27 +97,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no totals on stderr")
 
 
-def _inputs(args: argparse.Namespace) -> list[str]:
+def _inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Every input path, and those found by listing an archive (which may move)."""
     paths = expand_inputs(args.files)
+    listed = [p for p in paths if p not in args.files]  # from a directory given with -r
     for d in args.dirs:
         found = traces_in_dir(d)
         if not found:
             raise UsageError(f"no trace files under {d}")
         paths.extend(found)
+        listed.extend(found)
     if not paths:
         raise UsageError("no input: give -r FILE or --dir DIR")
     if paths.count("-") > 1:
         raise UsageError("standard input ('-') can be read only once")
-    return paths
+    return paths, listed
 
 
-def _first_ns(paths: list[str]) -> int | None:
+def _first_ns(paths: list[str], opener: Opener = open_direct) -> int | None:
     """The earliest first-packet time of the inputs (the reference of relative times)."""
     if "-" in paths:
         raise UsageError("a relative --start/--end needs file inputs, not standard input")
     first: int | None = None
     for path in paths:
-        with open_trace(path) as reader:
+        try:
+            reader = opener(path, open_trace)
+        except Vanished:
+            continue
+        with reader:
             try:
                 pkt = next(iter(reader), None)
             except TraceError:
@@ -125,30 +134,41 @@ def _first_ns(paths: list[str]) -> int | None:
     return first
 
 
-def check_inputs(paths: list[str], bpf: str | None) -> None:
+def check_inputs(paths: list[str], bpf: str | None, opener: Opener = open_direct) -> None:
     """Raise the error a bad input or filter would give, before any output exists."""
     flt = BpfFilter(bpf) if bpf else None
     for path in paths:
         if path == "-":
             continue
-        with open_trace(path) as reader:
+        try:
+            reader = opener(path, open_trace)
+        except Vanished:
+            continue
+        with reader:
             if flt is not None and reader.linktype >= 0:
                 flt.program(reader.linktype)
 
 
+def _warn(message: str) -> None:
+    sys.stderr.write(f"bulk contents: warning: {message}\n")
+
+
 def run(args: argparse.Namespace) -> int:
-    paths = _inputs(args)
+    paths, listed = _inputs(args)
     if args.max_flows < 1 or args.max_open_files < 2:
         raise UsageError("--max-flows must be >= 1 and --max-open-files >= 2")
+    # An archive changes under its readers: a listed trace that moved since is
+    # followed, one deleted (retention) is a warning and skipped.
+    opener = Members(listed, _warn).open
     start_ns = end_ns = None
     if args.start is not None or args.end is not None:
         specs = [s for s in (args.start, args.end) if s is not None]
-        ref = _first_ns(paths) if any(needs_reference(s) for s in specs) else None
+        ref = _first_ns(paths, opener) if any(needs_reference(s) for s in specs) else None
         window = resolve_window(args.start, args.end, ref)
         start_ns = window.start_ns if args.start is not None else None
         end_ns = window.end_ns + 1 if args.end is not None and window.end_ns is not None else None
     # Unreadable inputs and bad filters fail here, before any output is created.
-    check_inputs(paths, args.bpf)
+    check_inputs(paths, args.bpf, opener)
     analyzer = ContentsAnalyzer(args.outdir, max_open_files=args.max_open_files)
     table = FlowTable(
         [analyzer],
@@ -159,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     try:
-        table.run_traces(paths, start_ns, end_ns, args.bpf)
+        table.run_traces(paths, start_ns, end_ns, args.bpf, opener)
     except TraceError:
         table.finish()  # write everything read before the damage, then report it
         raise

@@ -5,9 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from typing import BinaryIO
 
-from bulk.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRUNCATED, TruncatedTrace, UsageError
+from bulk.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_TRUNCATED,
+    TruncatedTrace,
+    UsageError,
+    Vanished,
+)
 
 NAME = "extract"
 HELP = "write the packets matching a tcpdump filter, from traces or the whole archive"
@@ -139,26 +147,29 @@ def _open_output(target: str | None) -> tuple[BinaryIO, bool]:
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
+def warn(message: str) -> None:
+    sys.stderr.write(f"bulk extract: warning: {message}\n")
+
+
 def run(args: argparse.Namespace) -> int:
     from bulk.archive.listing import OPEN_SUFFIX  # noqa: PLC0415
+    from bulk.archive.members import Members  # noqa: PLC0415
     from bulk.extraction import describe, make_plan, write_plan  # noqa: PLC0415
-    from bulk.extraction.plan import Vanished, describe_member  # noqa: PLC0415
     from bulk.extraction.sources import check_filter  # noqa: PLC0415
     from bulk.timespec import TimeWindow, needs_reference, parse_timespec  # noqa: PLC0415
 
     expression = _expression(args)
     paths, listed = _inputs(args)
     use_index = not args.no_index
+    # An archive changes under its readers: a listed trace that moved is followed,
+    # one deleted is a warning. Those named with -r must be there.
+    members = Members(listed, warn)
     inputs = []
     for p in paths:
-        if p not in listed:
-            inputs.append(describe(p, use_index))  # named with -r: must be there
+        try:
+            inputs.append(members.open(p, partial(describe, use_index=use_index)))
+        except Vanished:
             continue
-        member = describe_member(p, use_index)  # an archive changes under its readers
-        if member is None:
-            sys.stderr.write(f"bulk extract: warning: {p}: deleted since listed; skipped\n")
-        else:
-            inputs.append(member)
     paths = [i.path for i in inputs]
     # A bad filter fails before any output, with libpcap's message.
     linktypes = {lt for i in inputs for lt in i.linktypes} or {1}
@@ -193,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for err in report.errors:
         if isinstance(err, Vanished):
-            sys.stderr.write(f"bulk extract: warning: {err}\n")
+            warn(str(err))
             continue
         truncated = isinstance(err, TruncatedTrace)
         if truncated and err.path.endswith(OPEN_SUFFIX):

@@ -21,9 +21,11 @@ import os
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
-from bulk.archive.listing import OPEN_SUFFIX
+from bulk.archive.members import COMPRESSED_SUFFIXES
+from bulk.archive.members import follow as follow_path
 from bulk.errors import TraceError, UsageError
 from bulk.timespec import TimeWindow
 from bulk.trace.stream import sniff_compression
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
     from bulk.bpfquery import Requirement
     from bulk.trace import Packet
 
-COMPRESSED_SUFFIXES = (".zst", ".gz")
 INDEX_SUFFIX = ".idx"  # bulk.archive.hostindex.INDEX_SUFFIX
 
 MAX_SNAPLEN = 262144
@@ -80,44 +81,13 @@ class Plan:
         return sum(1 for i in self.inputs if i.skip == "time")
 
 
-class Vanished(TraceError):
-    """An archive trace deleted (by retention) after the directory was listed."""
-
-    exit_status = 0
-
-
-def moved(path: str) -> str | None:
-    """Where an archive trace listed as ``path`` is now: compressed (X.pcap.zst),
-    finalised by rotation (X.pcap.open -> X.pcap, maybe compressed since), or
-    None if it is gone (retention deleted it)."""
-    base = path[: -len(OPEN_SUFFIX)] if path.endswith(OPEN_SUFFIX) else path
-    for cand in (base, *(base + s for s in COMPRESSED_SUFFIXES)):
-        if cand != path and os.path.exists(cand):
-            return cand
-    return None
-
-
 def follow(inp: Input) -> Input:
     """The input itself if its file is still there, else the trace it became
-    (described again), or Vanished. An archive changes under its readers."""
+    (described again), or :class:`~bulk.errors.Vanished`. An archive changes
+    under its readers (bulk.archive.members)."""
     if inp.path == "-" or os.path.exists(inp.path):
         return inp
-    new = moved(inp.path)
-    if new is None:
-        raise Vanished(inp.path, None, "deleted while extracting (retention?); skipped")
-    return describe(new, use_index=False)
-
-
-def describe_member(path: str, use_index: bool) -> Input | None:
-    """``describe`` for a trace found by listing an archive: follows a trace renamed
-    since the listing; None if it was deleted."""
-    try:
-        return describe(path, use_index)
-    except TraceError:
-        if os.path.exists(path):
-            raise
-        new = moved(path)
-        return None if new is None else describe_member(new, use_index)
+    return follow_path(inp.path, partial(describe, use_index=False))[0]
 
 
 def adjust_snaplen(snaplen: int) -> int:

@@ -22,8 +22,8 @@ from typing import Any, BinaryIO
 
 import pcapy
 
-from bulk.errors import TraceError
-from bulk.extraction.plan import Input, Plan, Vanished, follow
+from bulk.errors import TraceError, Vanished
+from bulk.extraction.plan import Input, Plan, follow
 from bulk.extraction.progress import Progress
 from bulk.extraction.sources import (
     NS,

@@ -24,6 +24,7 @@ the registered analyzers (:mod:`bulk.flow.analyzer`).
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,6 +41,7 @@ from bulk.decode import (
     addr_text,
     decode_fields,
 )
+from bulk.errors import Vanished
 from bulk.flow.analyzer import (
     END_ACTIVE,
     END_EOF,
@@ -54,7 +56,7 @@ from bulk.flow.tcp import M32, ReassemblyLimits, TcpConn, TcpStream
 from bulk.trace.bpf import BpfFilter
 from bulk.trace.chunks import PcapRecords, pcap_records
 from bulk.trace.packet import LINKTYPE_ETHERNET, Packet
-from bulk.trace.source import iter_packets
+from bulk.trace.source import Opener, iter_packets, open_direct
 
 NS = 1_000_000_000
 
@@ -314,6 +316,12 @@ class FlowTable:
     # ---- input -----------------------------------------------------------
     def run(self, packets: Iterable[Packet]) -> TableStats:
         """Process every packet, then :meth:`finish`; returns the counters."""
+        self.feed(packets)
+        self.finish()
+        return self.stats
+
+    def feed(self, packets: Iterable[Packet]) -> TableStats:
+        """Process every packet; more may follow (no :meth:`finish`)."""
         process = self.process_decoded
         stats = self.stats
         for pkt in packets:
@@ -324,7 +332,6 @@ class FlowTable:
                 self._tick(pkt[0])
                 continue
             process(d)
-        self.finish()
         return stats
 
     def run_traces(
@@ -333,6 +340,7 @@ class FlowTable:
         start_ns: int | None = None,
         end_ns: int | None = None,
         bpf: str | None = None,
+        opener: Opener = open_direct,
     ) -> TableStats:
         """Process the packets of ``paths`` in [start_ns, end_ns) matching ``bpf``.
 
@@ -341,12 +349,17 @@ class FlowTable:
         time order) and pcapng go through :func:`bulk.trace.iter_packets`.
         The result is the same. Errors are those of ``iter_packets``; a trace
         cut mid-record raises after every whole packet was processed (call
-        :meth:`finish` then).
+        :meth:`finish` then). ``opener`` opens each path (see
+        :class:`bulk.trace.source.Opener`); a trace it reports as vanished is
+        left out.
         """
         flt = BpfFilter(bpf) if bpf else None
-        records = pcap_records(paths[0]) if len(paths) == 1 else None
+        records = None
+        if len(paths) == 1:
+            with contextlib.suppress(Vanished):  # then nothing is read below either
+                records = opener(paths[0], pcap_records)
         if records is None:
-            return self.run(iter_packets(paths, start_ns, end_ns, bpf))
+            return self.run(iter_packets(paths, start_ns, end_ns, bpf, opener))
         try:
             return self.run_records(records, start_ns, end_ns, flt)
         finally:

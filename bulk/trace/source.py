@@ -3,20 +3,44 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol, TypeVar
 
-from bulk.errors import TraceError
+from bulk.errors import TraceError, Vanished
 from bulk.trace.bpf import BpfFilter
 from bulk.trace.packet import Packet
 from bulk.trace.reader import TraceReader, open_trace
 
+T = TypeVar("T")
 
-def open_all(paths: Iterable[str]) -> list[TraceReader]:
-    """Open every trace, so that a file that is not a trace fails before any output."""
+
+class Opener(Protocol):
+    """How a reader opens an input path: ``opener(path, open_one)`` returns what
+    ``open_one`` makes of it. :func:`open_direct` opens the path as named; an
+    archive's reader follows a trace that moved since it was listed and raises
+    :class:`~bulk.errors.Vanished` for one deleted
+    (:meth:`bulk.archive.members.Members.open`)."""
+
+    def __call__(self, path: str, open_one: Callable[[str], T], /) -> T: ...
+
+
+def open_direct(path: str, open_one: Callable[[str], T], /) -> T:
+    """The path as named."""
+    return open_one(path)
+
+
+def open_all(paths: Iterable[str], opener: Opener = open_direct) -> list[TraceReader]:
+    """Open every trace, so that a file that is not a trace fails before any output.
+
+    A trace the ``opener`` reports as :class:`~bulk.errors.Vanished` is left out.
+    """
     readers: list[TraceReader] = []
     try:
         for path in paths:
-            readers.append(open_trace(path))
+            try:
+                readers.append(opener(path, open_trace))
+            except Vanished:
+                continue
     except BaseException:
         for reader in readers:
             reader.close()
@@ -46,6 +70,7 @@ def iter_packets(
     start_ns: int | None = None,
     end_ns: int | None = None,
     bpf: str | None = None,
+    opener: Opener = open_direct,
 ) -> Iterator[Packet]:
     """Packets of ``paths`` merged in time order, within [start_ns, end_ns), filtered.
 
@@ -53,9 +78,10 @@ def iter_packets(
     truncated or corrupt part way, the first such error is raised at the end,
     so a caller writes all it can and then reports one line. A file that is
     not a trace at all, or a filter libpcap rejects, raises at the first
-    ``next()``, before any packet is delivered.
+    ``next()``, before any packet is delivered. Traces are opened by ``opener``
+    (see :func:`open_all`).
     """
-    readers = open_all(paths)
+    readers = open_all(paths, opener)
     errors: list[TraceError] = []
     flt = BpfFilter(bpf) if bpf else None
     if flt is not None and readers and readers[0].linktype >= 0:

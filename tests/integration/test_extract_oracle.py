@@ -335,8 +335,8 @@ def test_archive_changing_under_the_reader(
 
 
 def test_trace_moved_between_planning_and_reading(tmp_path: Path) -> None:
+    from bulk.errors import Vanished  # noqa: PLC0415
     from bulk.extraction import describe, make_plan, write_plan  # noqa: PLC0415
-    from bulk.extraction.plan import Vanished  # noqa: PLC0415
     from bulk.timespec import TimeWindow  # noqa: PLC0415
 
     d = tmp_path / "arch"
