@@ -241,7 +241,7 @@ def test_archive_changing_between_listing_and_reading(
     res = run_cli(argv)
     assert "Traceback" not in res.stderr
     assert res.status == 0, res.stderr
-    name = command.split("-")[0]
+    name = command.split("-", maxsplit=1)[0]
     warnings = [line for line in res.stderr_lines if "warning" in line]
     assert warnings == [f"bulk {name}: warning: {d / names[1]}: deleted since listed; skipped"]
     monkeypatch.undo()
