@@ -45,13 +45,27 @@ _UNIT_NAMES = ("microsecond", "second", "minute", "hour", "day", "month", "year"
 _LETTER_RANK = {"y": _YEAR, "d": _DAY, "h": _HOUR, "m": _MIN, "s": _SEC, "u": _USEC}
 _INT32_MAX = 2**31 - 1
 
-_RAW_RE = re.compile(r"(\d+)(?:\.(\d+))?")
-_TOKEN_RE = re.compile(r"(\d+)([A-Za-z])")
-_ISO_RE = re.compile(
+# Patterns are compiled on first use (re's cache): compiling all of them costs
+# ~3 ms at import, paid by every command that resolves a time.
+_RAW_PAT = r"(\d+)(?:\.(\d+))?"
+_UNIT_PAT = r"(\d+)([A-Za-z])"
+_ISO_PAT = (
     r"(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})"
     r"(?:[Tt ](?P<h>\d{2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.,](?P<f>\d{1,9}))?)?)?"
     r"(?P<tz>[Zz]|[+-]\d{2}(?::?\d{2})?)?"
 )
+
+
+def _iso_match(text: str) -> re.Match[str] | None:
+    if text[4:5] != "-":  # not YYYY-...: spare the pattern (most specs are not ISO)
+        return None
+    return re.fullmatch(_ISO_PAT, text)
+
+
+def _match_at(pattern: str, text: str, pos: int) -> re.Match[str] | None:
+    return re.compile(pattern).match(text, pos)
+
+
 _DURATION_UNITS_NS = {
     "ns": 1,
     "us": 1_000,
@@ -62,7 +76,7 @@ _DURATION_UNITS_NS = {
     "d": 86400 * NS,
     "w": 7 * 86400 * NS,
 }
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|ms|s|m|h|d|w)")
+_DURATION_PAT = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|ms|s|m|h|d|w)"
 
 
 class TimeWindow(NamedTuple):
@@ -85,7 +99,7 @@ class TimeWindow(NamedTuple):
 
 
 def _is_raw(text: str) -> bool:
-    return _RAW_RE.fullmatch(text) is not None
+    return re.fullmatch(_RAW_PAT, text) is not None
 
 
 def _tokens(text: str) -> list[tuple[int, int, str]] | None:
@@ -93,7 +107,7 @@ def _tokens(text: str) -> list[tuple[int, int, str]] | None:
     pos = 0
     out: list[tuple[int, int, str]] = []
     while pos < len(text):
-        m = _TOKEN_RE.match(text, pos)
+        m = _match_at(_UNIT_PAT, text, pos)
         if m is None:
             return None
         letter = m.group(2).lower()
@@ -113,7 +127,7 @@ def _disambiguate(tokens: list[tuple[int, int, str]]) -> list[tuple[int, int, st
     return out
 
 
-_AGO_RE = re.compile(r"(?P<d>[0-9.]+[A-Za-z]*(?:[0-9.]+[A-Za-z]*)*|)[\s_]*ago", re.IGNORECASE)
+_AGO_PAT = r"(?P<d>[0-9.]+[A-Za-z]*(?:[0-9.]+[A-Za-z]*)*|)[\s_]*ago"
 
 
 def _strip_ago(text: str) -> str | None:
@@ -121,7 +135,7 @@ def _strip_ago(text: str) -> str | None:
     t = text.strip()
     if not t.lower().endswith("ago"):
         return None
-    m = _AGO_RE.fullmatch(t)
+    m = re.fullmatch(_AGO_PAT, t, re.IGNORECASE)
     if m is None or (m.group("d") and not re.search(r"[\s_]ago$", t, re.IGNORECASE)):
         return None
     return m.group("d")
@@ -137,7 +151,7 @@ def looks_like_timespec(text: str) -> bool:
         return False
     if t.lower() == "now" or _strip_ago(t) is not None:
         return True
-    if _ISO_RE.fullmatch(t):
+    if _iso_match(t):
         return True
     if t.startswith("+"):
         t = t[1:]
@@ -152,7 +166,7 @@ def needs_reference(text: str) -> bool:
     the first packet when no spec needs it.
     """
     t = text.strip()
-    if t.lower() == "now" or _strip_ago(t) is not None or _ISO_RE.fullmatch(t):
+    if t.lower() == "now" or _strip_ago(t) is not None or _iso_match(t):
         return False
     if t.startswith("+"):
         return True
@@ -173,7 +187,7 @@ def _frac_ns(digits: str | None, text: str) -> int:
 
 
 def _raw_ns(body: str, text: str) -> int:
-    m = _RAW_RE.fullmatch(body)
+    m = re.fullmatch(_RAW_PAT, body)
     assert m is not None
     return int(m.group(1)) * NS + _frac_ns(m.group(2), text)
 
@@ -335,7 +349,7 @@ def parse_timespec(
             raise UsageError(f"bad time {text!r}: 'ago' needs a duration before it")
         dur = parse_duration_ns(ago, what=f"time {text!r}")
         return (time.time_ns() if now_ns is None else now_ns) - dur
-    iso = _ISO_RE.fullmatch(t)
+    iso = _iso_match(t)
     if iso is not None:
         return _parse_iso(iso, text)
     delta = t.startswith("+")
@@ -369,7 +383,7 @@ def _explain(text: str, body: str) -> str:
         )
     pos = 0
     while pos < len(body):
-        tm = _TOKEN_RE.match(body, pos)
+        tm = _match_at(_UNIT_PAT, body, pos)
         if tm is None or tm.group(2).lower() not in _LETTER_RANK:
             rest = body[pos:]
             if tm is not None:
@@ -390,10 +404,10 @@ def spec_resolution_ns(text: str) -> int:
     t = text.strip()
     if t.lower() == "now" or _strip_ago(t) is not None:
         return 1
-    iso = _ISO_RE.fullmatch(t)
+    iso = _iso_match(t)
     if iso is not None:
         return 1 if len(iso.group("f") or "") > 6 else 1000
-    m = _RAW_RE.fullmatch(t.lstrip("+"))
+    m = re.fullmatch(_RAW_PAT, t.lstrip("+"))
     if m is not None and len(m.group(2) or "") > 6:
         return 1
     return 1000
@@ -449,7 +463,7 @@ def parse_duration_ns(text: str, *, what: str | None = None) -> int:
     pos = 0
     hint = "(e.g. 90s, 30m, 2h, 7d, 1w, 1h30m; a bare number is seconds)"
     while pos < len(t):
-        m = _DURATION_RE.match(t, pos)
+        m = _match_at(_DURATION_PAT, t, pos)
         if m is None:
             num = re.match(r"\d+(?:\.\d*)?|\.\d+", t[pos:])
             if num is None:
