@@ -32,7 +32,6 @@ import argparse
 import itertools
 import re
 import time
-from datetime import UTC, datetime, timedelta, timezone
 from typing import NamedTuple
 
 from bulk.errors import UsageError
@@ -206,6 +205,8 @@ def _sub_us_ns(ts_ns: int) -> int:
 def _local_to_ns(fields: list[int]) -> int:
     """Local [usec, sec, min, hour, mday, mon, year] (values may overflow, mktime
     normalises them) to epoch ns."""
+    from datetime import datetime, timedelta  # noqa: PLC0415 - 2 ms, not for raw times
+
     usec, second, minute, hour, day, month, year = fields
     y = year + (month - 1) // 12
     mo = (month - 1) % 12 + 1
@@ -276,6 +277,8 @@ def _parse_broken_down(body: str, text: str, base_ns: int, delta: bool) -> int:
 
 
 def _days_in_month(year: int, month: int) -> int:
+    from datetime import datetime, timedelta  # noqa: PLC0415 - 2 ms, not for raw times
+
     nxt = datetime(year + month // 12, month % 12 + 1, 1)
     return (nxt - timedelta(days=1)).day
 
@@ -292,6 +295,8 @@ def _check_field(
 
 
 def _parse_iso(m: re.Match[str], text: str) -> int:
+    from datetime import UTC, datetime, timedelta, timezone  # noqa: PLC0415 - 2 ms, not for raw times
+
     g = m.groupdict()
     try:
         year, month, day = int(g["y"]), int(g["mo"]), int(g["d"])
@@ -526,5 +531,7 @@ def format_parseable(ts_ns: int) -> str:
 
 def format_iso(ts_ns: int) -> str:
     """UTC ISO 8601 with nanoseconds (``2013-03-07T21:42:06.869344000Z``)."""
+    from datetime import UTC, datetime  # noqa: PLC0415 - 2 ms, not for raw times
+
     sec, rem = divmod(ts_ns, NS)
     return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{rem:09d}Z"
