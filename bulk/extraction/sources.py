@@ -264,6 +264,20 @@ def _open(inp: Input, method: str) -> tuple[Any, Feeder | None, int]:
     return handle, feeder, 1 if inp.nanosecond else 1000
 
 
+def _open_following(inp: Input) -> tuple[Input, tuple[Any, Feeder | None, int]]:
+    """``_open`` the trace, or the one it became: an archive trace may be renamed or
+    deleted between the check and the open (:func:`follow` raises Vanished)."""
+    for _ in range(3):
+        inp = follow(inp)
+        try:
+            return inp, _open(inp, method_for(inp))
+        except TraceError:
+            if inp.path == "-" or os.path.exists(inp.path):
+                raise
+    inp = follow(inp)
+    return inp, _open(inp, method_for(inp))
+
+
 def matches(
     inp: Input,
     expression: str,
@@ -272,8 +286,7 @@ def matches(
     out_nano: bool = False,
 ) -> Iterator[Match]:
     """Matching packets of one trace, in file order, within the window (inclusive)."""
-    inp = follow(inp)
-    handle, feeder, mult = _open(inp, method_for(inp))
+    inp, (handle, feeder, mult) = _open_following(inp)
     scale = 1000 if out_nano and not inp.nanosecond else 1
     error: TraceError | None = None
     at_end = False

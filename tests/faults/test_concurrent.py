@@ -130,7 +130,7 @@ def scenario(pair: VethPair, tmp_path_factory: pytest.TempPathFactory) -> Scenar
 
 def failures(loop: Loop, what: str, ok: tuple[int, ...]) -> list[str]:
     return [
-        f"bulk {what} exit {res.returncode}: {res.stderr.strip()[-300:]}"
+        f"bulk {what} exit {res.returncode}: {res.stderr.strip()[:600]}"
         for res in loop.results
         if "Traceback" in res.stderr or res.returncode not in ok
     ]
