@@ -91,6 +91,10 @@ _tcp = struct.Struct("!HHIIBBH").unpack_from  # sport dport seq ack off flags wi
 _udp = struct.Struct("!HH").unpack_from
 _u32le = struct.Struct("<I").unpack_from
 _u32be = struct.Struct("!I").unpack_from
+# Ethernet + IPv4 without options + TCP, in one unpack (the common packet):
+# ethertype, vhl, total length, fragment word, protocol, src, dst, sport,
+# dport, seq, ack, data offset, flags, window.
+_eth_ip4_tcp = struct.Struct("!12xHBxH2xHxB2x4s4sHHIIBBH").unpack_from
 
 
 class Decoded(NamedTuple):
@@ -134,6 +138,33 @@ def decode(pkt: Packet) -> Decoded | None:
 def decode_fields(ts_ns: int, wirelen: int, linktype: int, data: bytes) -> Decoded | None:
     """:func:`decode` on the unpacked fields of a Packet (saves a tuple on hot paths)."""
     n = len(data)
+    if linktype == LINKTYPE_ETHERNET and n >= 54:
+        # The common case in one unpack; anything unusual takes the general path.
+        et, vhl, tot, fragw, proto, src, dst, sport, dport, seq, ack, doff, flags, win = (
+            _eth_ip4_tcp(data, 0)
+        )
+        if et == _ETH_IPV4 and vhl == 0x45 and proto == PROTO_TCP and not fragw & 0x3FFF:
+            wire_l3 = wirelen - 14
+            if tot == 0 or tot > wire_l3:
+                tot = wire_l3
+            end = 14 + tot
+            dstart = 34 + ((doff >> 4) << 2)
+            if end < 54 or dstart < 54 or dstart > end:
+                return None
+            if end <= n:
+                payload = data[dstart:end] if end > dstart else b""
+                missing = 0
+            elif n > dstart:
+                payload = data[dstart:n]
+                missing = end - n
+            else:
+                payload = b""
+                missing = end - dstart
+            return _new(
+                Decoded,
+                (ts_ns, wirelen, 4, PROTO_TCP, src, dst, sport, dport, flags, seq, ack, win,
+                 payload, missing, FRAG_NONE, -1),
+            )  # fmt: skip
     vlan = -1
     try:
         # ---- link layer: find the L3 offset and the ethertype ------------

@@ -140,6 +140,9 @@ class _Decision:
     confidence: float
     roles: str
 
+    def decision(self) -> _Decision:
+        return self
+
 
 class BackdoorFlow:
     """Per-connection state of the backdoor analyzer (small; freed when done).
@@ -148,7 +151,18 @@ class BackdoorFlow:
     table saw the SYN, so that ``orig`` is truly the client.
     """
 
-    __slots__ = ("cfg", "dirs", "done", "handshake", "last_ts", "orig", "resp", "start_ts")
+    __slots__ = (
+        "cfg",
+        "dirs",
+        "done",
+        "handshake",
+        "last_ts",
+        "orig",
+        "orig_p",
+        "resp",
+        "resp_p",
+        "start_ts",
+    )
 
     def __init__(
         self,
@@ -161,6 +175,8 @@ class BackdoorFlow:
         self.cfg = cfg
         self.orig = orig
         self.resp = resp
+        self.orig_p = orig.port
+        self.resp_p = resp.port
         self.start_ts = start_ts
         self.last_ts = start_ts
         self.handshake = handshake
@@ -227,17 +243,41 @@ class BackdoorFlow:
 
     def finish(self) -> Finding | None:
         """Classify with what was seen; None when nothing is known."""
+        return self.conclude(self.orig.port, self.resp.port)
+
+    def conclude(
+        self,
+        orig_p: int,
+        resp_p: int,
+        hosts: Callable[[], tuple[str, str]] | None = None,
+    ) -> Finding | None:
+        """:meth:`finish`, for the flow-table plugin: the endpoints' ports are
+        ``orig_p``/``resp_p``, and ``hosts()`` gives the address texts, asked
+        only when the connection is reported (address text is dear)."""
         self.done = True
-        dec = self._decide()
-        self.dirs = _RELEASED  # drop the buffers
-        if dec is None:
-            return None
-        client, server = (self.orig, self.resp) if dec.server_is_resp else (self.resp, self.orig)
-        standard = self.cfg.standard.is_standard(dec.service, server.port)
-        if standard and not self.cfg.report_standard:
-            return None
-        if dec.service == "interactive" and not self.cfg.report_interactive:
-            return None
+        self.orig_p = orig_p
+        self.resp_p = resp_p
+        try:
+            pick = self._decide()
+            if pick is None:
+                return None
+            cfg = self.cfg
+            server_is_resp = pick.server_is_resp
+            standard = cfg.standard.is_standard(pick.service, resp_p if server_is_resp else orig_p)
+            if standard and not cfg.report_standard:
+                return None
+            if pick.service == "interactive" and not cfg.report_interactive:
+                return None
+            dec = pick.decision()
+            if dec.service == "telnet":
+                dec = _telnet_lines(dec, *self.dirs)
+        finally:
+            self.dirs = _RELEASED  # drop the buffers
+        if hosts is not None:
+            orig_h, resp_h = hosts()
+            self.orig = Endpoint(orig_h, orig_p)
+            self.resp = Endpoint(resp_h, resp_p)
+        client, server = (self.orig, self.resp) if server_is_resp else (self.resp, self.orig)
         return Finding(
             ts_ns=self.start_ts,
             uid=make_uid(self.start_ts, self.orig, self.resp, "tcp"),
@@ -252,7 +292,7 @@ class BackdoorFlow:
             midstream=not self.handshake,
         )
 
-    def _decide(self) -> _Decision | None:
+    def _decide(self) -> _Pick | _Decision | None:
         o, r = self.dirs
         for d in (o, r):
             if not d.matches and d.tries >= MATCH_TRIES:
@@ -261,9 +301,9 @@ class BackdoorFlow:
         if not matches and not self.handshake:
             for d, from_orig in ((o, True), (r, False)):
                 matches += [(m, from_orig) for m in match_midstream(bytes(d.buf))]
-        dec = decide(matches, self.handshake, self._guess_server_is_resp)
-        if dec is not None:
-            return _telnet_lines(dec, o, r)
+        pick = pick_service(matches, self.handshake, self._guess_server_is_resp)
+        if pick is not None:
+            return pick
         return self._stats_decision()
 
     def _stats_decision(self) -> _Decision | None:
@@ -287,8 +327,8 @@ class BackdoorFlow:
         if self.handshake:
             return True
         std = self.cfg.standard
-        if std.is_standard(service, self.resp.port) != std.is_standard(service, self.orig.port):
-            return std.is_standard(service, self.resp.port)
+        if std.is_standard(service, self.resp_p) != std.is_standard(service, self.orig_p):
+            return std.is_standard(service, self.resp_p)
         return True
 
 
@@ -326,15 +366,77 @@ def decide(
     its side), and only when it said nothing recognisable, what the client
     said. Agreement of both sides raises the confidence.
     """
+    pick = pick_service(matches, handshake, guess)
+    return None if pick is None else pick.decision()
+
+
+class _Pick:
+    """What :func:`decide` chose (service, server); the evidence text on demand,
+    so that connections on their standard port cost no text at all."""
+
+    __slots__ = ("best", "by_client", "by_server", "fo", "roles", "server_is_resp", "service")
+
+    def __init__(  # noqa: PLR0917 - private, one caller
+        self,
+        service: str,
+        server_is_resp: bool,
+        roles: str,
+        best: Match,
+        fo: bool,
+        by_server: list[tuple[Match, bool]],
+        by_client: list[tuple[Match, bool]],
+    ) -> None:
+        self.service = service
+        self.server_is_resp = server_is_resp
+        self.roles = roles
+        self.best = best
+        self.fo = fo
+        self.by_server = by_server
+        self.by_client = by_client
+
+    def decision(self) -> _Decision:
+        best, fo, service, server_is_resp = self.best, self.fo, self.service, self.server_is_resp
+        conf = best.confidence
+        evidence = [_describe(best, fo, server_is_resp)]
+        others = [(m, f) for m, f in self.by_server + self.by_client if m is not best]
+        same = [(m, f) for m, f in others if m.service == service and f != fo]
+        if same:
+            m, f = max(same, key=_conf)
+            conf = min(0.99, max(conf, m.confidence) + 0.04)
+            evidence.append(_describe(m, f, server_is_resp))
+        else:
+            for m, f in self.by_client:
+                if m.service != service:
+                    evidence.append(
+                        f"client spoke {m.service}: {_describe(m, f, server_is_resp)}"
+                    )
+                    break
+        return _Decision(service, server_is_resp, "; ".join(evidence), round(conf, 2),
+                         self.roles)
+
+
+def pick_service(
+    matches: list[tuple[Match, bool]],
+    handshake: bool,
+    guess: Callable[[str], bool] | None = None,
+) -> _Pick | None:
+    """The choice of :func:`decide`, without the evidence text."""
     if not matches:
         return None
-    servers = [(m, fo) for m, fo in matches if m.role is Role.SERVER]
-    clients = [(m, fo) for m, fo in matches if m.role is Role.CLIENT]
+    server: tuple[Match, bool] | None = None
+    client: tuple[Match, bool] | None = None
+    for item in matches:  # the first of the most confident, as max() picks
+        role = item[0].role
+        if role is Role.SERVER:
+            if server is None or item[0].confidence > server[0].confidence:
+                server = item
+        elif role is Role.CLIENT and (client is None or item[0].confidence > client[0].confidence):
+            client = item
     roles = "payload"
-    if servers:
-        server_is_resp = not max(servers, key=_conf)[1]
-    elif clients:
-        server_is_resp = max(clients, key=_conf)[1]
+    if server is not None:
+        server_is_resp = not server[1]
+    elif client is not None:
+        server_is_resp = client[1]
     else:
         best = max(matches, key=_conf)[0]
         if handshake or guess is None:
@@ -355,20 +457,7 @@ def decide(
     else:
         best, fo = max(by_client, key=_conf)
         service = best.service
-    conf = best.confidence
-    evidence = [_describe(best, fo, server_is_resp)]
-    others = [(m, f) for m, f in by_server + by_client if m is not best]
-    same = [(m, f) for m, f in others if m.service == service and f != fo]
-    if same:
-        m, f = max(same, key=_conf)
-        conf = min(0.99, max(conf, m.confidence) + 0.04)
-        evidence.append(_describe(m, f, server_is_resp))
-    else:
-        for m, f in by_client:
-            if m.service != service:
-                evidence.append(f"client spoke {m.service}: {_describe(m, f, server_is_resp)}")
-                break
-    return _Decision(service, server_is_resp, "; ".join(evidence), round(conf, 2), roles)
+    return _Pick(service, server_is_resp, roles, best, fo, by_server, by_client)
 
 
 def _conf(item: tuple[Match, bool]) -> float:
@@ -440,14 +529,12 @@ class BackdoorAnalyzer(Analyzer[BackdoorFlow]):
             self.on_ended(flow)
 
     def _report(self, flow: Flow, state: BackdoorFlow) -> None:
-        state.orig = Endpoint(flow.orig_h, flow.orig_p)
-        state.resp = Endpoint(flow.resp_h, flow.resp_p)
-        state.handshake = flow.role_certain
+        state.handshake = certain = flow.role_certain
         state.last_ts = max(state.last_ts, flow.last_ns)
-        finding = state.finish()
+        finding = state.conclude(flow.orig_p, flow.resp_p, lambda: (flow.orig_h, flow.resp_h))
         if finding is None:
             return
-        if finding.server != state.resp and not flow.role_certain:
+        if finding.server is not state.resp and not certain:
             # The payload says the table's guess was backwards: fix it for the
             # analyzers registered after this one (contents file names).
             flow.swap_roles("payload")

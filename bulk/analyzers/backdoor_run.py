@@ -72,6 +72,7 @@ HEADS_FILTER_ETHERNET = " or ".join(
 )
 _ETHERTYPE_OFFSET = {LINKTYPE_ETHERNET: 12, LINKTYPE_LINUX_SLL: 14}
 _PORTS = struct.Struct("!HH")
+_WITH_SYN = frozenset(bytes([b]) for b in range(256) if b & 0x02)  # TCP flags bytes
 
 
 @dataclass
@@ -262,44 +263,18 @@ def _fast_passes(
     decided: set[bytes],
 ) -> None:
     """libpcap's passes over ``source`` (the file ``path``)."""
-    process = table.process_decoded
     tstats = table.stats
-    linktype = -1
-    l2 = 0
-    etype_at = -1
-    skipped = 0
-
-    def deliver(hdr: pcapy.Pkthdr, data: bytes, _cls: int) -> None:
-        nonlocal skipped
-        if (
-            decided
-            and etype_at >= 0
-            and data[etype_at : etype_at + 2] == b"\x08\x00"
-            and data[l2] == 0x45
-            and data[l2 + 12 : l2 + 24] in decided
-        ):
-            skipped += 1  # a decided connection: nothing left to learn from it
-            return
-        sec, usec = hdr.getts()
-        d = decode_fields(sec * 1_000_000_000 + usec * 1000, hdr.getlen(), linktype, data)
-        if d is None:
-            tstats.packets += 1
-            tstats.undecodable += 1
-        else:
-            process(d)
-
     passes: list[tuple[str | None, int, int]] = []
     reader = _open(source, path, errors)
     if reader is None:
         return
     linktype = reader.datalink()
     known = _L2_OFFSET.get(linktype)
+    deliver = _deliverer(table, linktype, known, decided)
     if known is None:
         # The C classifier does not know this link type: every packet to Python.
         passes.append((bpf, _CLASS_OTHER | _CLASS_FLOW_HEAD, _NO_CUTOFF))
     else:
-        l2 = known
-        etype_at = _ETHERTYPE_OFFSET.get(linktype, -1)
         heads = HEADS_FILTER_ETHERNET if linktype == LINKTYPE_ETHERNET else HEADS_FILTER
         passes.append((bpf or heads, _CLASS_FLOW_HEAD, cutoff))
         # Not IPv4 (IPv6, MPLS, ...): not classified in C, so all of it.
@@ -313,9 +288,10 @@ def _fast_passes(
                 return
         if expr:
             reader.setfilter(expr)
+        before = tstats.packets
         try:
             counts = reader.loop_filtered(
-                -1, deliver, admit_mask=mask, flow_cutoff=flow_cutoff, l2_offset=l2
+                -1, deliver, admit_mask=mask, flow_cutoff=flow_cutoff, l2_offset=known or 0
             )
         except pcapy.PcapError as exc:
             errors.append(_trace_error(path, str(exc)))
@@ -324,7 +300,48 @@ def _fast_passes(
             reader.close()
         stats.packets_to_python += counts[0]
         stats.packets_dropped_in_c += counts[1]
-    stats.packets_skipped += skipped
+        # Every packet the callback did not skip was counted by the table.
+        stats.packets_skipped += counts[0] - (tstats.packets - before)
+
+
+def _deliverer(
+    table: FlowTable, linktype: int, l2: int | None, decided: set[bytes]
+) -> Callable[[pcapy.Pkthdr, bytes, int], None]:
+    """The per-packet callback of libpcap's passes: a head packet of a connection
+    the analyzer has decided is dropped by one set lookup on its raw address and
+    port bytes (IPv4 without options, not a SYN: a SYN may open a new connection
+    on the same ports), before anything is decoded; the rest is decoded and goes
+    to the flow table."""
+    process = table.process_decoded
+    tstats = table.stats
+    key_lo = (l2 or 0) + 12  # IPv4 source, destination, then the TCP ports
+    key_hi = key_lo + 12
+    vhl_at = l2 or 0
+    flags_at = vhl_at + 33  # TCP flags after a 20-byte IPv4 header
+    et_lo = _ETHERTYPE_OFFSET.get(linktype, 0)
+    et_hi = et_lo + 2 if linktype in _ETHERTYPE_OFFSET else et_lo
+    ipv4 = b"\x08\x00" if linktype in _ETHERTYPE_OFFSET else b""
+    if l2 is None:
+        decided = set()  # link type unknown to us: no skipping
+    # (A packet cut before its TCP flags has no SYN to keep.)
+
+    def deliver(hdr: pcapy.Pkthdr, data: bytes, _cls: int) -> None:
+        if (
+            data[key_lo:key_hi] in decided
+            and data[vhl_at] == 0x45
+            and data[et_lo:et_hi] == ipv4
+            and data[flags_at : flags_at + 1] not in _WITH_SYN
+        ):
+            return  # a decided connection: nothing left to learn from it
+        sec, usec = hdr.getts()
+        d = decode_fields(sec * 1_000_000_000 + usec * 1000, hdr.getlen(), linktype, data)
+        if d is None:
+            tstats.packets += 1
+            tstats.undecodable += 1
+        else:
+            process(d)
+
+    return deliver
 
 
 def _open(source: str, path: str, errors: list[TraceError]) -> pcapy.Reader | None:

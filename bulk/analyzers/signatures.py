@@ -498,7 +498,7 @@ def root_shell(data: bytes) -> Match | None:
     or a short root prompt such as ``sh-5.2# `` or ``root@host:~# ``."""
     if data == b"# ":
         return Match("root-shell", "root-prompt", Role.SERVER, 0.8, "# ")
-    if _ROOT_PROMPT.fullmatch(data) and b"\n" not in data:
+    if data.endswith(b"# ") and _ROOT_PROMPT.fullmatch(data) and b"\n" not in data:
         return Match("root-shell", "root-prompt", Role.SERVER, 0.6, excerpt(data))
     return None
 
@@ -512,6 +512,8 @@ def shell_warning(data: bytes) -> Match | None:
     """The responder opens with the warning an interactive shell prints when its
     input is a socket, not a terminal (dash: "can't access tty; job control
     turned off", bash: "no job control in this shell"): a bind shell."""
+    if b"tty" not in data and b"job control" not in data:
+        return None  # neither phrase anywhere: the pattern cannot match
     line, _ = first_line(data, 160)
     if _SHELL_WARNING.match(line):
         return Match("shell", "shell-no-tty", Role.SERVER, 0.8, excerpt(data))
@@ -595,6 +597,7 @@ def edonkey(data: bytes) -> Match | None:
 
 _ALNUM = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz."
 _TLS_CLIENT_FIRST = b"\x16" + bytes(range(0x80, 0x100))  # record, or SSLv2 length
+_PRINTABLE_FIRST = bytes(range(0x20, 0x7F))  # text that starts printable (prompts, warnings)
 
 SIGNATURES: tuple[Signature, ...] = (
     Signature("ssh-banner", "ssh", Role.EITHER,
@@ -651,10 +654,12 @@ SIGNATURES: tuple[Signature, ...] = (
               first_bytes=b"\x000123456789"),
     Signature("root-prompt", "root-shell", Role.SERVER,
               "the responder's first data packet is exactly '# ' (or a short root prompt "
-              "ending in '# ') before the client sent anything", root_shell, first_segment=True),
+              "ending in '# ') before the client sent anything", root_shell, first_segment=True,
+              first_bytes=_PRINTABLE_FIRST),
     Signature("shell-no-tty", "shell", Role.SERVER,
               "the responder opens with a shell's no-terminal warning (\"can't access "
-              "tty\", \"no job control in this shell\"): a bind shell", shell_warning),
+              "tty\", \"no job control in this shell\"): a bind shell", shell_warning,
+              first_bytes=_PRINTABLE_FIRST),
     Signature("tls-client-hello", "tls", Role.CLIENT,
               "a TLS handshake record (22, version 3.x) holding a ClientHello, or an "
               "SSLv2 ClientHello", tls_client_hello, first_bytes=_TLS_CLIENT_FIRST),

@@ -1,0 +1,50 @@
+"""The backdoor fast path (libpcap heads, decided connections skipped before
+decoding) against the generic path, which reads every packet: same findings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bulk.cli import main
+from bulk.trace import PcapWriter
+from bulk.trace.packet import LINKTYPE_ETHERNET
+from tests.pktbuild import ACK, FIN, PSH, Conn
+
+NS = 1_000_000_000
+
+
+def _findings(capsys: pytest.CaptureFixture[str], path: Path, *extra: str) -> list[dict]:
+    assert main(["backdoor", "--json", "-r", str(path), *extra]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_port_reuse_after_a_decided_connection(tmp_path: Path, capsys) -> None:
+    # HTTP on 5555, decided after its first bytes; 30 s later the same client
+    # port opens a new connection (new SYN, new ISN) that speaks SSH. Its SYN
+    # must not be skipped as a head packet of the decided connection.
+    path = tmp_path / "reuse.pcap"
+    with path.open("wb") as fh:
+        w = PcapWriter(fh, LINKTYPE_ETHERNET)
+        http = Conn(sp=5555, cisn=1000, sisn=5000)
+        for p in http.handshake():
+            w.write(p)
+        req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+        w.write(http.c2s(0, req))
+        w.write(http.s2c(0, resp))
+        w.write(http.c2s(len(req), b"", ACK | FIN))
+        w.write(http.s2c(len(resp), b"", ACK | FIN))
+        ssh = Conn(sp=5555, cisn=900_000, sisn=700_000)
+        ssh.ts = http.ts + 30 * NS
+        for p in ssh.handshake():
+            w.write(p)
+        w.write(ssh.s2c(0, b"SSH-2.0-OpenSSH_9.2\r\n", ACK | PSH))
+        w.write(ssh.c2s(0, b"SSH-2.0-OpenSSH_9.2\r\n", ACK | PSH))
+        w.close()
+    fast = _findings(capsys, path)
+    generic = _findings(capsys, path, "--no-fast")
+    assert sorted(f["service"] for f in generic) == ["http", "ssh"]
+    assert sorted(fast, key=lambda f: f["ts"]) == sorted(generic, key=lambda f: f["ts"])
