@@ -211,6 +211,9 @@ def _run_locked(options: RunOptions, report: RunReport, archive: Archive, log: L
 
     policy = options.policy
     if policy.active:
+        if not dry:
+            for name in archive.forget_missing():
+                log(f"forgot {name}: its file is gone (an interrupted deletion)")
         files, busy = closed_traces(directory, archive)
         for b in busy:
             log(f"kept {b}: locked by another process (being compressed)")
@@ -232,6 +235,7 @@ def _run_locked(options: RunOptions, report: RunReport, archive: Archive, log: L
             try:
                 delete_trace(d.path, archive)
             except FileNotFoundError:
+                archive.note_deleted(d.path)  # deleted meanwhile: its row goes too
                 continue
             except (OSError, ArchiveError) as exc:
                 report.failed.append((d.path, f"cannot delete: {exc}"))

@@ -17,7 +17,8 @@ differ, leaves both and says so).
 
 ``BULK_COMPRESS_CRASH_AT=<point>`` makes the process ``os._exit(137)`` at that
 point, for tests: after-write, after-fsync, after-verify, after-rename,
-after-catalogue, after-delete.
+after-catalogue, after-delete; and, in retention's deletion of a trace,
+retention-after-unlink, retention-after-catalogue.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ CRASH_POINTS = (
     "after-catalogue",
     "after-delete",
 )
+# Where retention's deletion of one trace may die (same hook).
+RETENTION_CRASH_POINTS = ("retention-after-unlink", "retention-after-catalogue")
 TEMP_SUFFIX = ".partial"
 # A closed trace whose catalogue row still has the open name is left alone for
 # this long after its last write (the capture catalogues it meanwhile).
@@ -201,6 +204,20 @@ class Archive:
     def note_deleted(self, path: str) -> None:
         if self.catalogue is not None:
             self.catalogue.remove_file(self.name(path))
+
+    def forget_missing(self) -> list[str]:
+        """Remove the rows of closed or compressed traces whose file is gone (a run
+        killed between deleting a trace and its row left them); their names.
+
+        Open rows are left alone: the capture renames the file before its row."""
+        cat = self.catalogue
+        if cat is None:
+            return []
+        gone = []
+        for rec in cat.files(states=("closed", "compressed")):
+            if not os.path.lexists(cat.path_of(rec)) and cat.remove_file(rec.name):
+                gone.append(rec.name)
+        return gone
 
 
 @dataclass(frozen=True)
@@ -394,4 +411,6 @@ def is_busy(path: str) -> bool:
 
 def delete_trace(path: str, archive: Archive) -> None:
     _delete_with_side_files(path)
+    crash_point("retention-after-unlink")
     archive.note_deleted(path)
+    crash_point("retention-after-catalogue")

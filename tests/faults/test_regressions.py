@@ -215,3 +215,44 @@ def test_slicing_a_zstd_frame_header_declaring_gigabytes(tmp_path: Path) -> None
     path.write_bytes(bytes(data))
     res = run_cli(["slice", "0", str(path), "-w", str(tmp_path / "out")])
     assert res.status == 2 and len(res.stderr_lines) == 1, res.stderr
+
+
+def test_retention_killed_between_deleting_a_trace_and_its_row(tmp_path: Path) -> None:
+    """Retention deletes a trace, then its catalogue row. Killed in between, it left
+    a row naming a file that was gone, and later runs kept it for ever (the
+    catalogue no longer matched the files; found by killing compress under
+    load). The next run now forgets such rows."""
+    import os  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from bulk.archive.catalogue import Catalogue  # noqa: PLC0415
+    from bulk.compress.safe import CRASH_ENV  # noqa: PLC0415
+
+    d = tmp_path / "archive"
+    d.mkdir()
+    for k, src in enumerate(("zeek-http-get.pcap", "zeek-smtp.pcap", "ssh-on-port-80.pcap")):
+        shutil.copy(DATA / src, d / f"bulk-2026010{k + 1}T000000Z-eth0-00000{k + 1}.pcap")
+
+    def bulk(*args: str, crash: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+        if crash:
+            env[CRASH_ENV] = crash
+        return subprocess.run([sys.executable, "-m", "bulk", *args], capture_output=True,
+                              text=True, env=env, timeout=120, check=False)  # fmt: skip
+
+    def rows_without_file() -> list[str]:
+        with Catalogue.open(str(d)) as cat:
+            return [r.name for r in cat.files() if not (d / r.name).exists()]
+
+    assert bulk("index", "--dir", str(d), "--rebuild").returncode == 0
+    retention = ("compress", "--dir", str(d), "--max-disk", "1K")  # deletes every trace
+    killed = bulk(*retention, crash="retention-after-unlink")
+    assert killed.returncode == 137, killed.stderr
+    assert len(rows_without_file()) == 1  # the state the kill left
+    again = bulk(*retention)
+    assert again.returncode == 0, again.stderr
+    assert rows_without_file() == []
+    with Catalogue.open(str(d)) as cat:
+        assert [r.name for r in cat.files()] == sorted(p.name for p in d.iterdir()
+                                                      if not p.name.startswith("."))  # fmt: skip
