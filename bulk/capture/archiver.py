@@ -30,7 +30,7 @@ from bulk.archive.catalogue import Catalogue, FileRecord
 from bulk.archive.hostindex import write_index_for
 from bulk.archive.naming import finalise
 from bulk.archive.repair import repair_open_file
-from bulk.archive.scan import TraceScan, scan_trace
+from bulk.archive.scan import IndexEntry, TraceScan, scan_trace
 from bulk.capture.series import ClosedFile, OpenedFile
 from bulk.errors import BulkError
 
@@ -112,6 +112,8 @@ class Archiver:
             drops=c.drops,
             ifdrops=c.ifdrops,
             closed_ns=c.closed_ns,
+            last_ns=c.last_ns,
+            entries=c.entries,
         )
 
     def repair(self, path: str, linktype: int, snaplen: int) -> None:
@@ -147,6 +149,7 @@ class _Jobs:
         self.index = index
         self._cat: Catalogue | None = None
         self._cat_failed = False
+        self._formats: dict[str, tuple[int, int]] = {}  # open path -> (linktype, snaplen)
 
     def serve(self, fd: int) -> None:
         try:
@@ -167,6 +170,7 @@ class _Jobs:
         kind = job["kind"]
         name = os.path.basename(job["path"])
         if kind == "opened":
+            self._formats[job["path"]] = (job["linktype"], job["snaplen"])
             self._catalogue(
                 "add_file",
                 FileRecord(
@@ -201,6 +205,13 @@ class _Jobs:
             "ifdrops": job["ifdrops"],
             "closed_ns": job["closed_ns"],
         }
+        fmt = self._formats.pop(job["path"], None)
+        if job.get("entries") is not None and fmt is not None:
+            # The libpcap engine indexed the file while writing it: no scan.
+            self._record(open_name, _capture_scan(final, job, *fmt), **fields)
+            if self.index:
+                self._host_index(final)
+            return
         if not self.index:
             # The capture's own counts; the time range and index wait for 'bulk index'.
             fields.update(
@@ -271,3 +282,23 @@ class _Jobs:
         except BulkError as exc:
             log.error("catalogue: %s", exc)
             return None
+
+
+def _capture_scan(path: str, job: dict[str, Any], linktype: int, snaplen: int) -> TraceScan:
+    """What the capture learnt of a file while writing it, as a scan's result."""
+    entries = [IndexEntry(*e) for e in job["entries"]]
+    packets = job["packets"]
+    return TraceScan(
+        path,
+        format="pcap",
+        linktype=linktype,
+        snaplen=snaplen,
+        packets=packets,
+        bytes=job["bytes"],
+        end_offset=job["size"],
+        first_ns=job["first_ns"],
+        last_ns=job["last_ns"],
+        min_ns=min((e.min_ns for e in entries), default=None),
+        max_ns=max((e.max_ns for e in entries), default=None),
+        entries=entries,
+    )

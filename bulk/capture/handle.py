@@ -1,6 +1,8 @@
-"""The live pcapy-ng handle: created, tuned, activated, filtered, made non-blocking.
+"""The live capture handle: created, tuned, activated, filtered, made non-blocking.
 
-pcapy-ng's ``next``/``dispatch``/``next_batch`` block on an idle interface
+Two engines: ``libpcap`` (the system libpcap through ctypes,
+:mod:`bulk.capture.libpcap`; the default when it loads) and ``pcapy`` (pcapy-ng,
+below; the fallback). pcapy-ng's ``next``/``dispatch``/``next_batch`` block on an idle interface
 whatever the timeout, so the handle is switched to non-blocking mode and the
 capture loop polls its file descriptor: rotation by time and signals then
 work on a quiet link too.
@@ -8,14 +10,18 @@ work on a quiet link too.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from typing import Any
 
 import pcapy
 
+from bulk.capture import libpcap
 from bulk.capture.options import CaptureOptions
 from bulk.errors import CaptureError, FilterError
+
+log = logging.getLogger("bulk.capture")
 
 # libpcap's pcap_activate() status codes (pcap/pcap.h).
 _ACTIVATE_ERRORS = {
@@ -33,6 +39,19 @@ _ACTIVATE_ERRORS = {
 }
 
 
+def engine(opts: CaptureOptions) -> str:
+    """The engine ``opts`` asks for, ``auto`` resolved: libpcap when it loads."""
+    if opts.engine != "auto":
+        return opts.engine
+    if libpcap.available():
+        return "libpcap"
+    try:
+        libpcap.load()
+    except CaptureError as exc:
+        log.warning("%s; capturing with pcapy-ng (more CPU per packet)", exc)
+    return "pcapy"
+
+
 def open_live(opts: CaptureOptions) -> Any:
     """An activated, filtered, non-blocking handle on ``opts.interface``."""
     iface = opts.interface
@@ -41,6 +60,8 @@ def open_live(opts: CaptureOptions) -> Any:
             socket.if_nametoindex(iface)
         except OSError:
             raise CaptureError(f"{iface}: no such interface") from None
+    if engine(opts) == "libpcap":
+        return libpcap.open_live(opts)
     try:
         handle = pcapy.create(iface)
         handle.set_snaplen(opts.snaplen)

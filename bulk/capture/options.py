@@ -16,6 +16,7 @@ DEFAULT_BUFFER = 32 << 20  # the kernel ring per worker; RSS stays under 100 MB
 DEFAULT_TIMEOUT_MS = 100  # a TPACKET_V3 block is handed over at least this often
 DEFAULT_STATE_INTERVAL = 2.0
 MAX_WORKERS = 64
+ENGINES = ("auto", "libpcap", "pcapy")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class CaptureOptions:
     bpf: str | None = None
     workers: int = 1
     index: bool = True
+    engine: str = "auto"
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     state_interval: float = DEFAULT_STATE_INTERVAL
 
@@ -50,13 +52,15 @@ class CaptureOptions:
             raise UsageError("--buffer must be at least 64K")
         if not 1 <= self.workers <= MAX_WORKERS:
             raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}")
+        if self.engine not in ENGINES:
+            raise UsageError(f"--engine must be one of {', '.join(ENGINES)}")
 
 
 def resolve_options(cli: Mapping[str, Any], config: Config) -> CaptureOptions:
     """Options from the command line (None = not given) over ``[capture]`` over defaults.
 
     ``cli`` keys: interface, dir, rotate_seconds, rotate_bytes, align, snaplen,
-    buffer, filter, workers, promisc, index (the option names, as in bulk.toml).
+    buffer, filter, workers, promisc, index, engine (the option names, as in bulk.toml).
     """
 
     def pick(key: str, default: Any = None) -> Any:
@@ -79,6 +83,7 @@ def resolve_options(cli: Mapping[str, Any], config: Config) -> CaptureOptions:
         bpf=str(bpf) if bpf else None,
         workers=_int(pick("workers", 1), "workers"),
         index=bool(pick("index", True)),
+        engine=str(pick("engine", "auto")),
     )
     opts.check()
     return opts

@@ -1,19 +1,25 @@
 """One worker's series of trace files, written by libpcap's own dumper.
 
-The hot path is ``handle.dispatch(n, dumper.dump)``: libpcap hands each packet
-to the dumper's C method with no Python frame per packet. Measured on a veth
-feed this costs less CPU per packet than ``next_batch`` with ``os.writev``
-(which also lacks the wire length) and loses nothing under a CPU hog.
+Two engines (see docs/ARCHITECTURE.md, "Capture"):
 
-The dumper cannot be flushed or asked its position, so the series counts
-packets from dispatch's return values and bytes from the file size once the
-dumper is closed; the first packet of every file goes through a small Python
-callback to learn the file's first time.
+- :class:`DumpSeries` (the system libpcap through ctypes, the default): the
+  hot path is ``pcap_dispatch(p, n, pcap_dump, dumper)``, all C, as in
+  ``tcpdump -w``. Python runs once per dispatch call: the dumper's position
+  before a dispatch is a record boundary, so the file's size, its first
+  packet time and its sparse time index come from those boundaries (a flush
+  and a 16-byte ``pread`` about every MiB) without scanning the file again.
+- :class:`Series` (pcapy-ng, the fallback): ``handle.dispatch(n,
+  dumper.dump)``, which builds a header and a bytes object per packet. Its
+  dumper cannot be flushed or asked its position, so packets are counted from
+  dispatch's return values, bytes from the file size once it is closed, and
+  the archiver scans the closed file for its time index.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +28,18 @@ from typing import Any
 import pcapy
 
 from bulk.archive.naming import TraceName, create_exclusive, series_names
-from bulk.archive.scan import PCAP_HEADER, RECORD_HEADER
+from bulk.archive.scan import INDEX_BYTES, PCAP_HEADER, RECORD_HEADER
 from bulk.errors import ArchiveError
 
 DISPATCH_BATCH = 65536
+# The libpcap engine's dispatch calls take at most this many packets, so a
+# size rotation overshoots by at most one such batch.
+DUMP_BATCH = 8192
+# Packets in a capture ring are in time order but for a small disorder (their
+# times are taken on several CPUs before the ring slot is claimed); an index
+# entry's lowest time is its own time less this allowance. See DumpSeries.
+REORDER_NS = 100_000_000
+_RECORD = struct.Struct("<IIII")  # ts_sec, ts_usec, caplen, len
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,11 @@ class ClosedFile:
     drops: int
     ifdrops: int
     closed_ns: int
+    # The libpcap engine's own index: the file's last (latest) time and the
+    # sparse time index as [packet, offset, ts_ns, min_ns, max_ns] lists;
+    # None when the archiver has to scan the file.
+    last_ns: int | None = None
+    entries: list[list[int]] | None = None
 
 
 class Series:
@@ -194,3 +213,133 @@ class Series:
 
 def _no_dump(hdr: Any, data: bytes) -> None:
     raise RuntimeError("no open trace file")
+
+
+class DumpSeries(Series):
+    """The libpcap engine's series: ``pcap_dispatch`` straight into ``pcap_dump``.
+
+    Between two dispatch calls the dumper's position (``pcap_dump_ftell``) is
+    the end of a whole record. About every ``every`` bytes the next dispatch's
+    first record becomes an index entry: the dumper is flushed and the
+    record's header read back (``pread``) for its time. An entry's highest
+    time is the clock when the last dispatch before the next entry returned
+    (no packet read then was stamped later); its lowest time is its own time
+    less :data:`REORDER_NS` (packets from several CPUs can be slightly out of
+    order in the ring), except for the first entry. The file's first time is
+    its first record's, its last time the latest of the last dispatch's
+    records, read back at close, and bounds every segment. ``bulk index FILE``
+    rescans a file exactly.
+    """
+
+    def __init__(self, *args: Any, every: int = INDEX_BYTES, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.every = max(every, 1)
+        self._reader = -1  # O_RDONLY descriptor of the open file, for pread
+        self._reset_index()
+
+    def _reset_index(self) -> None:
+        self.entries: list[list[int]] = []
+        self._next_mark = PCAP_HEADER
+        self._tail = (0, PCAP_HEADER)  # (packet, offset) of the last dispatch's first record
+        self._last_clock = 0  # the clock after the last dispatch that wrote packets
+
+    def open_next(self) -> OpenedFile:
+        old_reader = self._reader
+        opened = super().open_next()
+        try:
+            self._reader = os.open(opened.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ArchiveError(f"{opened.path}: cannot read back: {exc.strerror}") from None
+        if old_reader >= 0:
+            os.close(old_reader)
+        self._reset_index()
+        return opened
+
+    def pump(self, limit: int = DUMP_BATCH) -> int:
+        dumper = self._dumper
+        if dumper is None:
+            return 0
+        offset = dumper.ftell()
+        if self.drop_before_us is not None:
+            skipped = self.skipped
+            n = max(int(self.handle.dispatch(min(limit, DUMP_BATCH), self._dedupe)), 0)
+            written = n - (self.skipped - skipped)
+        else:
+            n = written = self.handle.dump_all(min(limit, DUMP_BATCH), dumper)
+        if written > 0:
+            if offset >= self._next_mark:
+                self._mark(offset)
+            self._tail = (self.packets, offset)
+            self.packets += written
+            self._last_clock = self.clock()
+        return n
+
+    def _mark(self, offset: int) -> None:
+        """Make the record at ``offset`` (just written) an index entry."""
+        self._dumper.flush()
+        sec, usec, _cap, _len = _RECORD.unpack(os.pread(self._reader, RECORD_HEADER, offset))
+        ts = sec * 1_000_000_000 + usec * 1000
+        if self.entries:
+            self.entries[-1][4] = self._last_clock  # the previous segment's highest time
+            assert self.first_ns is not None
+            low = max(ts - REORDER_NS, self.first_ns)
+        else:
+            self.first_ns = low = ts
+        self.entries.append([self.packets, offset, ts, low, ts])
+        self._next_mark = offset + self.every
+
+    def _dedupe(self, hdr: Any, data: Any) -> None:
+        ts = hdr.contents.ts
+        if self.drop_before_us is not None and ts.tv_sec * 1_000_000 + ts.tv_usec < (
+            self.drop_before_us
+        ):
+            self.skipped += 1
+            return
+        self._dumper.dump(hdr, data)
+
+    def current_size(self) -> int:
+        """Bytes of the open file, including the dumper's buffer."""
+        if self.current is None or self._dumper is None:
+            return 0
+        return int(self._dumper.ftell())
+
+    def close_current(self, drops: int, ifdrops: int, reopen: bool) -> ClosedFile | None:
+        if self.current is None:
+            return None
+        dumper, reader = self._dumper, self._reader
+        entries, tail, packets = self.entries, self._tail, self.packets
+        end = dumper.ftell()
+        dumper.flush()
+        last_ns: int | None = None
+        if packets:
+            last_ns = _latest(os.pread(reader, end - tail[1], tail[1]))
+            if last_ns is not None:
+                # The file's last time bounds every segment (the ring's order, as
+                # for its first time); the last segment ends with it.
+                entries[-1][4] = last_ns
+                for e in entries:
+                    e[4] = max(e[2], min(e[4], last_ns))
+        self._reader = -1
+        closed = super().close_current(drops, ifdrops, reopen)
+        os.close(reader)
+        if closed is None:
+            return None
+        if closed.size != end or (packets and last_ns is None):
+            return closed  # the file is not what the dumper wrote (a write failed): scan it
+        return dataclasses.replace(closed, last_ns=last_ns, entries=entries)
+
+
+def _latest(data: bytes) -> int | None:
+    """The latest time of the whole records in ``data`` (None if it holds none)."""
+    latest: int | None = None
+    pos, end = 0, len(data)
+    unpack = _RECORD.unpack_from
+    while pos + RECORD_HEADER <= end:
+        sec, usec, cap, _len = unpack(data, pos)
+        pos += RECORD_HEADER + cap
+        if pos > end:
+            break
+        ts = sec * 1_000_000_000 + usec * 1000
+        if latest is None or ts > latest:
+            latest = ts
+    return latest

@@ -25,7 +25,7 @@ from bulk.archive.listing import OPEN_SUFFIX
 from bulk.archive.naming import check_interface_name, series_names
 from bulk.archive.pidfile import PidFile
 from bulk.capture.archiver import Archiver
-from bulk.capture.handle import join_fanout, open_live
+from bulk.capture.handle import engine, join_fanout, open_live
 from bulk.capture.options import CaptureOptions
 from bulk.capture.state import remove_states
 from bulk.capture.worker import run_worker
@@ -95,9 +95,11 @@ def run_capture(opts: CaptureOptions) -> int:
 
 def _log_start(opts: CaptureOptions) -> None:
     log.info(
-        "capturing on %s into %s (workers %d, snaplen %d, buffer %d bytes, rotation %s)",
+        "capturing on %s into %s (%s engine, workers %d, snaplen %d, buffer %d bytes, "
+        "rotation %s)",
         opts.interface,
         opts.directory,
+        engine(opts),
         opts.workers,
         opts.snaplen,
         opts.buffer_size,

@@ -31,7 +31,7 @@ from bulk.archive.naming import highest_seq
 from bulk.capture.archiver import Archiver
 from bulk.capture.guard import REOPEN_INTERVAL_S, RESUME_FACTOR, Outage, free_bytes, space_reserve
 from bulk.capture.options import CaptureOptions
-from bulk.capture.series import DISPATCH_BATCH, ClosedFile, Series
+from bulk.capture.series import DISPATCH_BATCH, ClosedFile, DumpSeries, Series
 from bulk.capture.state import LiveState, StateWriter
 from bulk.errors import BulkError, CaptureError
 
@@ -88,7 +88,8 @@ class Worker:
         self._stats_prev = (0, 0, 0)  # counters of the handles before this one
         self._stats_last = (0, 0, 0)  # this handle's counters when last read
         self.linktype = int(handle.datalink())
-        self.series = Series(
+        series = DumpSeries if getattr(handle, "engine", "") == "libpcap" else Series
+        self.series = series(
             handle,
             opts.directory,
             opts.interface,

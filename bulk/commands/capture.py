@@ -34,7 +34,7 @@ packets, bytes and kernel drops.
 
 Defaults come from /etc/bulk/bulk.toml when present (top-level 'dir', and
 [capture] keys named like the options: interface, rotate_seconds,
-rotate_bytes, align, snaplen, buffer, filter, workers, promisc, index); the command
+rotate_bytes, align, snaplen, buffer, filter, workers, promisc, index, engine); the command
 line wins. BULK_CONFIG=FILE reads another file.
 
 examples:
@@ -93,8 +93,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--index",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="scan each closed file for its time range and time index (default on; with "
-        "--no-index the catalogue gets the capture's counts and 'bulk index' adds the rest)",
+        help="index each closed file: its time range and time index (the libpcap engine "
+        "builds them while writing, pcapy scans the file) and its host index (default on; with "
+        "--no-index the catalogue gets only what the capture knows, 'bulk index' adds the rest)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "libpcap", "pcapy"),
+        default=None,
+        help="libpcap: the system libpcap (libpcap.so.0.8) writes packets in C, as tcpdump -w; "
+        "pcapy: pcapy-ng; auto (default): libpcap when it loads, else pcapy",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
 
@@ -127,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
             "workers": args.workers,
             "promisc": args.promisc,
             "index": args.index,
+            "engine": args.engine,
         },
         load_config(),
     )

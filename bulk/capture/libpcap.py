@@ -1,0 +1,321 @@
+"""The system libpcap through ctypes: the capture's per-packet path in pure C.
+
+``pcap_dispatch(p, cnt, pcap_dump, dumper)`` with libpcap's own ``pcap_dump``
+as the callback is exactly what ``tcpdump -w`` does: libpcap copies each
+packet from the kernel ring to the dumper's stdio buffer with no Python (and
+no Python object) per packet; Python runs once per dispatch call. The library
+is Debian's libpcap0.8 (``libpcap.so.0.8``, the one tcpdump links to); when it
+cannot be loaded the capture falls back to the pcapy-ng engine
+(:mod:`bulk.capture.handle`).
+
+:class:`LiveHandle` offers the few methods of a pcapy-ng reader that the
+capture loop uses (``dispatch``, ``stats``, ``getfd``, ``datalink``,
+``close``, ``dump_open``), plus :meth:`LiveHandle.dump_all`, the C path.
+Failures raise :class:`PcapError` (a ``pcapy.PcapError``) with libpcap's own
+message, so the loop handles both engines alike.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import functools
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pcapy
+
+from bulk.capture.options import CaptureOptions
+from bulk.errors import CaptureError, FilterError
+
+LIBRARY = "libpcap.so.0.8"
+_ERRBUF_SIZE = 256
+_SOL_PACKET = 263
+_PACKET_FANOUT = 18
+_PACKET_FANOUT_HASH = 0
+_PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
+_SIOCGIFFLAGS = 0x8913
+_IFF_UP = 0x1
+_IFREQ = struct.Struct("16sH22x")
+LINK_CHECK_S = 0.25  # an idle handle checks that its interface is still up this often
+
+
+class PcapError(pcapy.PcapError):  # type: ignore[misc]
+    """A libpcap failure, with libpcap's message."""
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+class PktHdr(ctypes.Structure):
+    _fields_ = [("ts", _Timeval), ("caplen", ctypes.c_uint32), ("len", ctypes.c_uint32)]
+
+
+class _Stat(ctypes.Structure):
+    _fields_ = [
+        ("ps_recv", ctypes.c_uint),
+        ("ps_drop", ctypes.c_uint),
+        ("ps_ifdrop", ctypes.c_uint),
+    ]
+
+
+class _BpfProgram(ctypes.Structure):
+    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
+
+
+HANDLER = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.POINTER(PktHdr), ctypes.POINTER(ctypes.c_ubyte)
+)
+
+@functools.cache
+def _open() -> ctypes.CDLL | str:
+    """The library with its prototypes set, or why it cannot be loaded (once)."""
+    try:
+        lib = ctypes.CDLL(LIBRARY, use_errno=True)
+        _prototypes(lib)
+    except (OSError, AttributeError) as exc:
+        return str(exc)
+    return lib
+
+
+def load() -> ctypes.CDLL:
+    """The library; CaptureError when it cannot be loaded."""
+    lib = _open()
+    if isinstance(lib, str):
+        raise CaptureError(f"{LIBRARY}: cannot load: {lib}")
+    return lib
+
+
+def available() -> bool:
+    try:
+        load()
+    except CaptureError:
+        return False
+    return True
+
+
+def _prototypes(lib: ctypes.CDLL) -> None:
+    p, c_int, c_char_p = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+    sigs: dict[str, tuple[Any, list[Any]]] = {
+        "pcap_create": (p, [c_char_p, c_char_p]),
+        "pcap_set_snaplen": (c_int, [p, c_int]),
+        "pcap_set_promisc": (c_int, [p, c_int]),
+        "pcap_set_timeout": (c_int, [p, c_int]),
+        "pcap_set_buffer_size": (c_int, [p, c_int]),
+        "pcap_activate": (c_int, [p]),
+        "pcap_close": (None, [p]),
+        "pcap_geterr": (c_char_p, [p]),
+        "pcap_statustostr": (c_char_p, [c_int]),
+        "pcap_compile": (c_int, [p, ctypes.POINTER(_BpfProgram), c_char_p, c_int, ctypes.c_uint32]),
+        "pcap_setfilter": (c_int, [p, ctypes.POINTER(_BpfProgram)]),
+        "pcap_freecode": (None, [ctypes.POINTER(_BpfProgram)]),
+        "pcap_setnonblock": (c_int, [p, c_int, c_char_p]),
+        "pcap_get_selectable_fd": (c_int, [p]),
+        "pcap_datalink": (c_int, [p]),
+        "pcap_snapshot": (c_int, [p]),
+        "pcap_stats": (c_int, [p, ctypes.POINTER(_Stat)]),
+        "pcap_dispatch": (c_int, [p, c_int, p, p]),
+        "pcap_dump_open": (p, [p, c_char_p]),
+        "pcap_dump_ftell64": (ctypes.c_int64, [p]),
+        "pcap_dump_flush": (c_int, [p]),
+        "pcap_dump_close": (None, [p]),
+        "pcap_dump": (None, [p, ctypes.POINTER(PktHdr), ctypes.POINTER(ctypes.c_ubyte)]),
+    }
+    for name, (restype, argtypes) in sigs.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+
+
+def _text(raw: bytes | None) -> str:
+    return (raw or b"").decode(errors="replace").strip()
+
+
+class Dumper:
+    """A ``pcap_dumper_t`` writing one file (libpcap's stdio buffer in front)."""
+
+    def __init__(self, lib: ctypes.CDLL, ptr: int, path: str) -> None:
+        self._lib = lib
+        self.ptr: int | None = ptr
+        self.path = path
+
+    def ftell(self) -> int:
+        """The file's length including what is still buffered: a record boundary
+        between two dispatch calls."""
+        assert self.ptr is not None
+        return int(self._lib.pcap_dump_ftell64(self.ptr))
+
+    def flush(self) -> None:
+        assert self.ptr is not None
+        if self._lib.pcap_dump_flush(self.ptr) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), self.path)
+
+    def dump(self, hdr: Any, data: Any) -> None:
+        """One packet (the slow path: only the fanout's first second uses it)."""
+        assert self.ptr is not None
+        self._lib.pcap_dump(self.ptr, hdr, data)
+
+    def close(self) -> None:
+        if self.ptr is not None:
+            ptr, self.ptr = self.ptr, None
+            self._lib.pcap_dump_close(ptr)
+
+
+class LiveHandle:
+    """An activated, non-blocking ``pcap_t`` on an interface."""
+
+    def __init__(self, lib: ctypes.CDLL, ptr: int, interface: str) -> None:
+        self._lib = lib
+        self.ptr: int | None = ptr
+        self.interface = interface
+        self._dump_fn = ctypes.cast(lib.pcap_dump, ctypes.c_void_p).value
+        self._stat = _Stat()
+        self._next_check = 0.0
+
+    engine = "libpcap"
+
+    def _error(self) -> PcapError:
+        assert self.ptr is not None
+        return PcapError(_text(self._lib.pcap_geterr(self.ptr)) or "capture failed")
+
+    def dump_all(self, cnt: int, dumper: Dumper) -> int:
+        """``pcap_dispatch(p, cnt, pcap_dump, dumper)``: up to ``cnt`` packets
+        straight from the ring into the file. Returns how many."""
+        if self.ptr is None:
+            raise PcapError("handle closed")
+        n = int(self._lib.pcap_dispatch(self.ptr, cnt, self._dump_fn, dumper.ptr))
+        if n < 0:
+            raise self._error()
+        if n == 0:
+            self._check_link()
+        return n
+
+    def _check_link(self) -> None:
+        """Raise PcapError when the interface is down or gone (checked at most
+        every LINK_CHECK_S, while nothing arrives).
+
+        libpcap 1.10 keeps a handle on an interface that went down (it
+        captures again when it is up) instead of failing as 1.9 did; the
+        capture closes its file on a link down and logs the gap, so it asks."""
+        now = time.monotonic()
+        if now < self._next_check or self.interface == "any":
+            return
+        self._next_check = now + LINK_CHECK_S
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                req = fcntl.ioctl(sock, _SIOCGIFFLAGS, _IFREQ.pack(self.interface.encode(), 0))
+            except OSError as exc:
+                if exc.errno in (errno.ENODEV, errno.ENXIO):
+                    raise PcapError("The interface disappeared") from None
+                return
+        if not _IFREQ.unpack(req)[1] & _IFF_UP:
+            raise PcapError("The interface went down")
+
+    def dispatch(self, cnt: int, callback: Callable[[Any, Any], None]) -> int:
+        """Packets to a Python ``callback(hdr, data)`` (pointers to libpcap's
+        header and bytes, valid during the call only)."""
+        if self.ptr is None:
+            raise PcapError("handle closed")
+
+        def call(_user: Any, hdr: Any, data: Any) -> None:
+            callback(hdr, data)
+
+        fn = HANDLER(call)
+        n = int(self._lib.pcap_dispatch(self.ptr, cnt, ctypes.cast(fn, ctypes.c_void_p), None))
+        if n < 0:
+            raise self._error()
+        if n == 0:
+            self._check_link()
+        return n
+
+    def dump_open(self, path: str) -> Dumper:
+        if self.ptr is None:
+            raise PcapError("handle closed")
+        ptr = self._lib.pcap_dump_open(self.ptr, os.fsencode(path))
+        if not ptr:
+            raise self._error()
+        return Dumper(self._lib, ptr, path)
+
+    def stats(self) -> tuple[int, int, int]:
+        if self.ptr is None:
+            raise PcapError("handle closed")
+        if self._lib.pcap_stats(self.ptr, ctypes.byref(self._stat)) != 0:
+            raise self._error()
+        s = self._stat
+        return int(s.ps_recv), int(s.ps_drop), int(s.ps_ifdrop)
+
+    def getfd(self) -> int:
+        assert self.ptr is not None
+        return int(self._lib.pcap_get_selectable_fd(self.ptr))
+
+    def datalink(self) -> int:
+        assert self.ptr is not None
+        return int(self._lib.pcap_datalink(self.ptr))
+
+    def set_fanout(self, group: int, kind: int = _PACKET_FANOUT_HASH) -> None:
+        """Join a PACKET_FANOUT group through the handle's socket."""
+        sock = socket.socket(fileno=self.getfd())
+        try:
+            sock.setsockopt(_SOL_PACKET, _PACKET_FANOUT, (group & 0xFFFF) | (kind << 16))
+        finally:
+            sock.detach()
+
+    def close(self) -> None:
+        if self.ptr is not None:
+            ptr, self.ptr = self.ptr, None
+            self._lib.pcap_close(ptr)
+
+
+def open_live(opts: CaptureOptions) -> LiveHandle:
+    """An activated, filtered, non-blocking handle on ``opts.interface``."""
+    lib = load()
+    iface = opts.interface
+    errbuf = ctypes.create_string_buffer(_ERRBUF_SIZE)
+    ptr = lib.pcap_create(iface.encode(), errbuf)
+    if not ptr:
+        raise CaptureError(f"{iface}: {_text(errbuf.value)}")
+    handle = LiveHandle(lib, ptr, iface)
+    try:
+        lib.pcap_set_snaplen(ptr, opts.snaplen)
+        lib.pcap_set_promisc(ptr, int(opts.promisc))
+        lib.pcap_set_timeout(ptr, opts.timeout_ms)
+        lib.pcap_set_buffer_size(ptr, opts.buffer_size)
+        status = int(lib.pcap_activate(ptr))
+        if status < 0:
+            raise CaptureError(f"{iface}: {_activate_message(lib, ptr, status)}")
+        if opts.bpf:
+            _set_filter(lib, ptr, opts.bpf)
+        if lib.pcap_setnonblock(ptr, 1, errbuf) != 0:
+            raise CaptureError(f"{iface}: {_text(errbuf.value)}")
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _activate_message(lib: ctypes.CDLL, ptr: int, status: int) -> str:
+    """libpcap's message for a failed activation: pcap_geterr() when it says
+    more than the status, else pcap_statustostr()."""
+    reason = _text(lib.pcap_statustostr(status))
+    detail = _text(lib.pcap_geterr(ptr))
+    if status in (-1, -8, -11) and detail:  # PCAP_ERROR, _PERM_DENIED, _PROMISC_PERM_DENIED
+        return detail
+    return reason
+
+
+def _set_filter(lib: ctypes.CDLL, ptr: int, bpf: str) -> None:
+    prog = _BpfProgram()
+    if lib.pcap_compile(ptr, ctypes.byref(prog), bpf.encode(), 1, _PCAP_NETMASK_UNKNOWN) != 0:
+        raise FilterError(f"bad filter {bpf!r}: {_text(lib.pcap_geterr(ptr))}")
+    try:
+        if lib.pcap_setfilter(ptr, ctypes.byref(prog)) != 0:
+            raise FilterError(f"bad filter {bpf!r}: {_text(lib.pcap_geterr(ptr))}")
+    finally:
+        lib.pcap_freecode(ctypes.byref(prog))
