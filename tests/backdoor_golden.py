@@ -45,8 +45,9 @@ NOTES = {
     "zeek-ftp-ipv6.pcap": "FTP data connections (EPSV, EPRT) on high ports: nothing expected.",
     "irc-dcc-send.pcapng": "The DCC CHAT and DCC SEND connections on high ports carry no "
     "service signature and too few keystrokes for the interactive test.",
-    "zeek-smtp.pcap": "TLS on 5223 and Yahoo Messenger on 5050 are seen midstream "
-    "(application data only): not reported.",
+    "zeek-smtp.pcap": "TLS on 5223 is seen midstream (records only): recognised as tls "
+    "(tls-records) on a de-facto standard port (XMPP over TLS, Apple push), not reported. "
+    "Yahoo Messenger on 5050 is seen midstream (application data only): not reported.",
     "mixed-vlan-mpls.pcap": "Telnet inside MPLS on port 23 is standard.",
 }
 

@@ -556,6 +556,40 @@ def tls_server_hello(data: bytes) -> Match | None:
     return None
 
 
+_TLS_RECORD_NAMES = {20: "change_cipher_spec", 21: "alert", 22: "handshake", 23: "application_data"}
+_TLS_MAX_RECORD = 16384 + 2048  # TLSCiphertext.length limit (RFC 5246 6.2.3)
+
+
+def tls_records(data: bytes) -> Match | None:
+    """Midstream TLS: the bytes are TLS records back to back from the first
+    byte (type 20-23, version 3.1-3.4, a non-zero length within the
+    ciphertext limit), at least two record headers, or one whose record runs
+    past the bytes kept. Both sides send records: the role is not known."""
+    n = len(data)
+    pos = 0
+    count = 0
+    kinds: list[str] = []
+    while pos + 5 <= n:
+        kind = _TLS_RECORD_NAMES.get(data[pos])
+        length = (data[pos + 3] << 8) | data[pos + 4]
+        if kind is None or data[pos + 1] != 3 or not 1 <= data[pos + 2] <= 4:
+            return None
+        if length == 0 or length > _TLS_MAX_RECORD:
+            return None
+        count += 1
+        if kind not in kinds:
+            kinds.append(kind)
+        pos += 5 + length
+    if count == 0 or (count == 1 and pos <= n):
+        return None
+    if pos < n:  # bytes left that cannot hold a record header
+        return None
+    conf = 0.6 if count >= 2 else 0.45
+    return Match("tls", "tls-records", Role.EITHER, conf,
+                 f"{count} TLS 3.{data[2]} record{'s' if count > 1 else ''}: "
+                 f"{', '.join(kinds)}")
+
+
 # ---------------------------------------------------------------- peer-to-peer
 
 def bittorrent(data: bytes) -> Match | None:
@@ -692,6 +726,17 @@ LINE_SIGNATURES: tuple[Callable[[bytes], Match | None], ...] = (
 )
 
 
+# Signatures for streams whose beginning was not seen (midstream), tried on
+# the first bytes kept when no signature above matched them.
+MIDSTREAM_SIGNATURES: tuple[Signature, ...] = (
+    Signature("tls-records", "tls", Role.EITHER,
+              "(midstream only) the bytes are TLS records back to back: type 20-23, "
+              "version 3.1-3.4, plausible lengths, at least two record headers (or one "
+              "record longer than the bytes kept); client and server are guessed",
+              tls_records, first_bytes=b"\x14\x15\x16\x17"),
+)
+
+
 def _by_first_byte() -> tuple[tuple[Signature, ...], ...]:
     return tuple(
         tuple(s for s in SIGNATURES if s.first_bytes is None or b in s.first_bytes)
@@ -729,9 +774,18 @@ def match_all(data: bytes, first_segment: bytes) -> list[Match]:
 
 
 def match_midstream(data: bytes, penalty: float = 0.7) -> list[Match]:
-    """Text signatures at each line start after the first, for streams whose
-    beginning was missed; confidence is scaled by ``penalty``."""
+    """For streams whose beginning was missed: the midstream signatures on the
+    first bytes (TLS records), else the text signatures at each line start
+    after the first, their confidence scaled by ``penalty``."""
     found: list[Match] = []
+    if data:
+        for sig in MIDSTREAM_SIGNATURES:
+            if sig.first_bytes is None or data[0] in sig.first_bytes:
+                m = sig.test(data)
+                if m is not None:
+                    found.append(m)
+        if found:
+            return found
     for start in line_starts(data)[1:]:
         chunk = data[start:]
         for test in LINE_SIGNATURES:

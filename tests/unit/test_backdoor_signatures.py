@@ -163,6 +163,31 @@ def test_midstream_line_scan_finds_a_later_request() -> None:
     assert found[0].confidence < 0.95
 
 
+def _record(kind: int, body: bytes, minor: int = 3) -> bytes:
+    return bytes([kind, 3, minor]) + len(body).to_bytes(2, "big") + body
+
+
+def test_midstream_tls_records() -> None:
+    # TLS 1.3 seen after the hellos: change_cipher_spec, then encrypted records.
+    data = _record(20, b"\x01") + _record(23, bytes(range(48))) + _record(23, b"\xaa" * 30)
+    assert sig.match_stream(data, data[:64]) == []  # not a signature of a stream's start
+    [m] = sig.match_midstream(data)
+    assert (m.service, m.evidence, m.role) == ("tls", "tls-records", Role.EITHER)
+    assert m.detail == "3 TLS 3.3 records: change_cipher_spec, application_data"
+    # One record longer than the bytes kept: weaker.
+    [one] = sig.match_midstream(_record(23, bytes(2000))[:512])
+    assert one.confidence < m.confidence
+    for bad in (
+        _record(24, bytes(10)) + _record(23, bytes(10)),  # no such record type
+        _record(23, bytes(10), minor=7) + _record(23, bytes(10)),  # no such version
+        _record(23, b"") + _record(23, bytes(10)),  # empty record
+        _record(23, bytes(10)) + b"\x17\x03",  # junk after the last record
+        _record(23, bytes(10)),  # one whole record only: too little
+        b"\x17\x03\x03\xff\xff" + bytes(100),  # longer than TLS allows
+    ):
+        assert sig.match_midstream(bad) == [], bad
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=600))
 def test_signatures_never_raise(data: bytes) -> None:
@@ -179,13 +204,13 @@ def test_first_byte_dispatch_is_exact(known: bytes, noise: bytes) -> None:
 
 
 def test_every_signature_is_documented() -> None:
-    names = [s.name for s in sig.SIGNATURES]
+    names = [s.name for s in sig.SIGNATURES + sig.MIDSTREAM_SIGNATURES]
     assert len(names) == len(set(names))
-    for s in sig.SIGNATURES:
+    for s in sig.SIGNATURES + sig.MIDSTREAM_SIGNATURES:
         assert s.needs and s.test.__doc__
 
 
 def test_operator_doc_lists_every_signature() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs/commands/backdoor.md").read_text()
-    for s in sig.SIGNATURES:
+    for s in sig.SIGNATURES + sig.MIDSTREAM_SIGNATURES:
         assert f"| `{s.name}` | {s.service} | {s.role.value} | {s.needs} |" in doc, s.name
