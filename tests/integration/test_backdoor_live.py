@@ -1,13 +1,16 @@
 """`bulk backdoor` on live traffic: real servers from Debian packages on
-non-standard ports, real clients, captured by tcpdump, inside two network
-namespaces joined by a veth pair that this test creates (addresses only inside).
+non-standard ports, real clients, captured by `bulk capture` into an archive
+directory, inside two network namespaces joined by a veth pair that this test
+creates (addresses only inside).
 
-Servers: OpenSSH sshd on 2222, busybox httpd on 8081, vsftpd on 2121, and
-three busybox nc bind shells (the classic backdoor): one that prints a root
-prompt on 4444, one silent on 4445 typed at keystroke pace, and an 'sh -i'
-on 4446 that warns it has no terminal. Each must be
-found; then again with the first packets of every connection cut away
-(midstream: no handshake), and for SSH with its banners cut away too.
+Servers: OpenSSH sshd on 2222, busybox httpd on 8081, vsftpd on 2121, an
+OpenSSL TLS server (s_server) on 9443, and three busybox nc bind shells (the
+classic backdoor): one that prints a root prompt on 4444, one silent on 4445
+typed at keystroke pace, and an 'sh -i' on 4446 that warns it has no
+terminal. Each must be found over the archive (`--dir`); then again with the
+first packets of every connection cut away (midstream: no handshake, client
+and server from the payload), for SSH with its banners cut away too, and for
+TLS with its hellos cut away (only records left).
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ import pytest
 from bulk.cli import main
 from bulk.decode import PROTO_TCP, decode
 from bulk.trace import PcapWriter, open_trace
+from tests.integration.vethnet import LiveCapture, VethPair
 
 pytestmark = pytest.mark.integration
 
 NEEDED = ["ip", "tcpdump", "/usr/sbin/sshd", "ssh", "ssh-keygen", "busybox", "curl",
-          "/usr/sbin/vsftpd"]
+          "/usr/sbin/vsftpd", "openssl"]
 
 
 def _missing() -> list[str]:
@@ -144,8 +148,15 @@ def _servers(n: Net, tmp: Path, procs: list[subprocess.Popen[bytes]]) -> dict[st
     noisy.write_text("#!/bin/sh\nexec /bin/sh -i 2>&1\n")  # warns: no tty, no job control
     noisy.chmod(0o755)
     _start(procs, in_ns(n.server_ns, "busybox", "nc", "-l", "-p", "4446", "-e", str(noisy)))
-    ports = {"ssh": 2222, "http": 8081, "ftp": 2121, "root-shell": 4444, "interactive": 4445,
-             "shell": 4446}
+    # OpenSSL's TLS server on 9443 with a throw-away self-signed certificate.
+    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+       "-nodes", "-keyout", str(tmp / "tls.key"), "-out", str(tmp / "tls.crt"), "-days", "1",
+       "-subj", "/CN=bulk-test")
+    _start(procs, in_ns(n.server_ns, "openssl", "s_server", "-accept", f"{n.server_ip}:9443",
+                        "-cert", str(tmp / "tls.crt"), "-key", str(tmp / "tls.key"), "-www",
+                        "-quiet"))
+    ports = {"ssh": 2222, "http": 8081, "ftp": 2121, "tls": 9443, "root-shell": 4444,
+             "interactive": 4445, "shell": 4446}
     for port in ports.values():
         if port < 4444:  # a probe would use up the one-shot nc listeners
             _wait_port(n.client_ns, n.server_ip, port)
@@ -177,6 +188,8 @@ def _clients(n: Net, tmp: Path) -> None:
     assert "hello" in out.stdout
     out = sh(*in_ns(n.client_ns, "curl", "-s", f"ftp://{n.server_ip}:2121/file.txt"))
     assert "ftp payload" in out.stdout
+    out = sh(*in_ns(n.client_ns, "curl", "-sk", f"https://{n.server_ip}:9443/"))
+    assert "s_server" in out.stdout
     _type_into(n, 4444, "id\nls /\nexit\n", 0.12)
     _type_into(n, 4445, "echo hi\nuname -a\nls /\nexit\n", 0.15)
     _type_into(n, 4446, "id\nexit\n", 0.12)
@@ -186,26 +199,24 @@ def _clients(n: Net, tmp: Path) -> None:
 def live_pcap(
     net: Net, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, dict[str, int], Net]]:
-    """One run of servers, clients and capture, shared by the tests below."""
+    """One run of servers, clients and `bulk capture`, shared by the tests below:
+    the archive's one closed trace."""
     tmp_path = tmp_path_factory.mktemp("backdoor_live")
     procs: list[subprocess.Popen[bytes]] = []
-    pcap = tmp_path / "live.pcap"
+    archive = tmp_path / "archive"
     try:
         ports = _servers(net, tmp_path, procs)
-        cap = subprocess.Popen(
-            in_ns(net.server_ns, "tcpdump", "-i", net.dev + "s", "-U", "-n", "-w", str(pcap),
-                  "tcp"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        procs.append(cap)
-        assert cap.stderr is not None
-        line = cap.stderr.readline().decode()  # "listening on ..." once capturing
-        assert "listening" in line, line
+        # bulk capture on the server's end of the veth pair, in its namespace.
+        pair = VethPair(net.client_ns, net.server_ns, net.dev + "c", net.dev + "s")
+        cap = LiveCapture(pair, archive, "--filter", "tcp").start()
+        assert cap.proc is not None
+        procs.append(cap.proc)
         _clients(net, tmp_path)
         time.sleep(0.5)
-        cap.send_signal(signal.SIGINT)
-        cap.wait(timeout=10)
-        yield pcap, ports, net
+        assert cap.stop(signal.SIGTERM) == 0, cap.log_text()
+        traces = sorted(archive.glob("bulk-*.pcap"))
+        assert len(traces) == 1, (traces, cap.log_text())
+        yield traces[0], ports, net
     finally:
         for p in procs:
             if p.poll() is None:
@@ -216,8 +227,12 @@ def live_pcap(
                     p.kill()
 
 
-def _findings(pcap: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> list[dict]:
-    assert main(["backdoor", "--json", "-r", str(pcap), *extra]) == 0
+def _findings(
+    pcap: Path, capsys: pytest.CaptureFixture[str], *extra: str, dir_: bool = False
+) -> list[dict]:
+    """`bulk backdoor --json` over one trace (or over an archive directory)."""
+    source = ["--dir", str(pcap)] if dir_ else ["-r", str(pcap)]
+    assert main(["backdoor", "--json", *source, *extra]) == 0
     return [json.loads(x) for x in capsys.readouterr().out.splitlines()]
 
 
@@ -253,7 +268,7 @@ def cut_heads(src: Path, dst: Path, keep: object, first: int) -> int:
 
 def test_live_services_found(live_pcap, capsys) -> None:
     pcap, ports, net = live_pcap
-    found = _services(_findings(pcap, capsys))
+    found = _services(_findings(pcap.parent, capsys, dir_=True))
     for service, port in ports.items():
         assert service in found, (service, sorted(found))
         f = found[service]
@@ -281,6 +296,9 @@ def test_live_midstream(live_pcap, capsys, tmp_path) -> None:
         f = found[service]
         assert (f["resp_h"], f["resp_p"]) == (net.server_ip, port), f
         assert f["midstream"] is True and f["standard_port"] is False
+    # TLS: client and server from the hellos, not from the ports.
+    assert found["tls"]["roles"] == "payload", found["tls"]
+    assert "tls-client-hello" in found["tls"]["evidence"], found["tls"]
 
 
 def test_live_ssh_without_banners(live_pcap, capsys, tmp_path) -> None:
@@ -294,3 +312,33 @@ def test_live_ssh_without_banners(live_pcap, capsys, tmp_path) -> None:
     found = [f for f in _findings(deep, capsys) if 2222 in (f["resp_p"], f["orig_p"])]
     assert [f["service"] for f in found] == ["ssh"], found
     assert "ssh-len" in found[0]["evidence"] and found[0]["resp_p"] == 2222
+
+
+def test_live_tls_without_hellos(live_pcap, capsys, tmp_path) -> None:
+    pcap, _, net = live_pcap
+    # TLS seen from after its last handshake record in clear (ClientHello,
+    # ServerHello): only change_cipher_spec and encrypted records are left.
+    last = 0
+    seen: dict[tuple, int] = {}
+    with open_trace(str(pcap)) as reader:
+        for pkt in reader:
+            d = decode(pkt)
+            if d is None or d.proto != PROTO_TCP or 9443 not in (d.sport, d.dport):
+                continue
+            k = _conn_key(d)
+            seen[k] = seen.get(k, 0) + 1
+            if d.payload[:1] == b"\x16":
+                last = max(last, seen[k])
+    assert last >= 4  # SYN, SYN-ACK, ACK, ClientHello at least
+    deep = tmp_path / "tls-records.pcap"
+    cut_heads(pcap, deep, lambda d: 9443 in (d.sport, d.dport), last)
+    # tcpdump as the oracle: no TCP payload on 9443 starts a handshake record any more.
+    r = subprocess.run(["tcpdump", "-nn", "-r", str(deep),
+                        "tcp port 9443 and tcp[((tcp[12] & 0xf0) >> 2)] = 0x16"],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout == ""
+    found = [f for f in _findings(deep, capsys) if 9443 in (f["resp_p"], f["orig_p"])]
+    assert [f["service"] for f in found] == ["tls"], found
+    f = found[0]
+    assert "tls-records" in f["evidence"] and f["midstream"] is True
+    assert (f["resp_h"], f["resp_p"]) == (net.server_ip, 9443), f
