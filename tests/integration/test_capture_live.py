@@ -455,3 +455,111 @@ def test_time_rotation_on_an_idle_link(pair: VethPair, tmp_path: Path) -> None:
     stamps = [parse_name(f.name).time_s for f in files]
     assert len(set(stamps[1:])) == len(stamps) - 1
     assert "(time): 0 packets" in cap.log_text()
+
+
+def _tcpdump_times(path: Path) -> list[int]:
+    """Every packet's time (ns) as tcpdump reads the file, in file order."""
+    out = subprocess.run(
+        ["tcpdump", "-tt", "-nn", "-r", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    times = []
+    for line in out.splitlines():
+        ns = _ns(line.split(" ", 1)[0])
+        assert ns is not None, line
+        times.append(ns)
+    return times
+
+
+def _head_size(path: Path, packets: int, tmp: Path) -> int:
+    """Bytes of the file's first ``packets`` records, as tcpdump writes them."""
+    if packets == 0:
+        return 24
+    head = tmp / "head.pcap"
+    subprocess.run(
+        ["tcpdump", "-r", str(path), "-c", str(packets), "-w", str(head)],
+        capture_output=True,
+        check=True,
+    )
+    return head.stat().st_size
+
+
+def _capinfos_bytes(path: Path) -> int:
+    """Captured packet bytes of a file (capinfos's data size)."""
+    out = subprocess.run(
+        ["capinfos", "-T", "-r", "-d", "-M", str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return int(out.split("\t")[1])
+
+
+def test_libpcap_engine_indexes_while_writing(pair: VethPair, tmp_path: Path) -> None:
+    """The libpcap engine's catalogue rows and time index, built from dispatch
+    boundaries without scanning the file: packets and bytes are capinfos's,
+    every entry points at a record boundary (tcpdump writing that many packets
+    ends there) with tcpdump's time for that record, and the entries bound the
+    times of their segments."""
+    from bulk.archive.scan import INDEX_BYTES  # noqa: PLC0415
+    from tests.faults.traffic import write_numbered_pcap  # noqa: PLC0415
+
+    sent = tmp_path / "sent.pcap"
+    count = 6000
+    size = write_numbered_pcap(sent, count)
+    assert size > 3 * INDEX_BYTES  # several index entries in one file
+    d = tmp_path / "archive"
+    cap = LiveCapture(pair, d, "--engine", "libpcap", "--rotate-bytes", "2M").start()
+    try:
+        pair.replay(sent, pps=20000)
+        cap.wait_packets(count)
+    finally:
+        assert cap.stop() == 0, cap.log_text()
+    assert "(libpcap engine," in cap.log_text()
+    files = finals(d)
+    assert len(files) >= 2
+    assert sum(capinfos(f)[0] for f in files) == count
+    check_catalogue(d, files)
+    entries_seen = 0
+    with Catalogue.open(str(d)) as cat:
+        for f in files:
+            rec = cat.get(f.name)
+            assert rec is not None
+            assert rec.bytes == _capinfos_bytes(f)
+            assert rec.raw_size == f.stat().st_size
+            times = _tcpdump_times(f)
+            entries = cat.time_index(f.name)
+            assert entries[0].packet == 0 and entries[0].offset == 24
+            for i, e in enumerate(entries):
+                entries_seen += 1
+                assert e.offset == _head_size(f, e.packet, tmp_path), (f.name, e)
+                assert e.ts_ns == times[e.packet], (f.name, e)
+                stop = entries[i + 1].packet if i + 1 < len(entries) else len(times)
+                segment = times[e.packet : stop]
+                assert e.min_ns <= min(segment) and max(segment) <= e.max_ns, (f.name, e)
+                if i:
+                    assert e.offset - entries[i - 1].offset >= INDEX_BYTES
+    assert entries_seen > len(files)  # some file has more than its first entry
+
+
+@pytest.mark.parametrize("engine", ["pcapy", "auto"])
+def test_engines_capture_what_was_sent(
+    pair: VethPair, expected: list[str], tmp_path: Path, engine: str
+) -> None:
+    """The pcapy-ng fallback engine (and auto) capture, rotate and catalogue alike."""
+    d = tmp_path / "archive"
+    cap = LiveCapture(pair, d, "--engine", engine, "--rotate-bytes", "128K").start()
+    try:
+        pair.replay(*SENT, pps=PPS)
+        cap.wait_packets(len(expected))
+    finally:
+        assert cap.stop() == 0, cap.log_text()
+    used = "pcapy" if engine == "pcapy" else "libpcap"
+    assert f"({used} engine," in cap.log_text()
+    files = finals(d)
+    assert len(files) >= 2 and not opens(d)
+    assert tcpdump_text(files) == expected
+    check_catalogue(d, files)
+    with Catalogue.open(str(d)) as cat:
+        for f in files:
+            rec = cat.get(f.name)
+            assert rec is not None and rec.bytes == _capinfos_bytes(f)
