@@ -11,8 +11,10 @@ drops, so the loss is bounded by the ring and reported, never silent. When
 retention (``bulk compress --max-disk``) has freed space, reading resumes and
 the pause, its length and the packets dropped meanwhile are logged.
 
-A capture interface that goes down. libpcap reports "The interface went down"
-and the handle is dead. The capture closes and finalises its file, logs the
+A capture interface that goes down. libpcap 1.9 (pcapy-ng's) reports "The
+interface went down" and the handle is dead; with libpcap 1.10 (the libpcap
+engine) the handle itself checks the interface while idle and reports the
+same. The capture closes and finalises its file, logs the
 moment, and tries to open the interface again every quarter of a second
 (activation fails while the link is down); when it is back it opens the next
 file and logs the gap: nothing is captured between the two times logged.
