@@ -145,7 +145,10 @@ class Run:
 
 def _tool_cmd(tool: str, dev: str, out: Path) -> list[str]:
     if tool.startswith("bulk"):
-        extra = ["--no-index"] if tool == "bulk-noindex" else []
+        extra = {
+            "bulk-noindex": ["--no-index"],
+            "bulk-pcapy": ["--engine", "pcapy", "--no-index"],
+        }.get(tool, [])
         extra += BULK_ARGS
         return [
             sys.executable,
@@ -315,7 +318,8 @@ def main() -> int:
     ap.add_argument(
         "--tools",
         default="bulk,bulk-noindex,tcpdump,netsniff-ng",
-        help="bulk-noindex: bulk capture --no-index (the capture path alone)",
+        help="bulk-noindex: bulk capture --no-index (the capture path and its time index, "
+        "no host index); bulk-pcapy: --engine pcapy --no-index (the old capture path alone)",
     )
     ap.add_argument("--inputs", default="small,mixed")
     ap.add_argument(
@@ -398,7 +402,7 @@ def _summarise(name: str, cond: str, results: dict[str, list[Run]], rates: list[
             f"peak rss {max(r.rss_kib for r in runs) / 1024:5.1f} MiB; "
             f"top-speed loss {next((r.lost for r in runs if r.rate == 0), 'n/a')}"
         )
-    for variant in ("bulk", "bulk-noindex"):
+    for variant in ("bulk", "bulk-noindex", "bulk-pcapy"):
         if variant in results and "tcpdump" in results and rate is not None:
             b = next(r for r in results[variant] if r.rate == rate)
             t = next(r for r in results["tcpdump"] if r.rate == rate)
