@@ -305,7 +305,9 @@ def _activate_message(lib: ctypes.CDLL, ptr: int, status: int) -> str:
     more than the status, else pcap_statustostr()."""
     reason = _text(lib.pcap_statustostr(status))
     detail = _text(lib.pcap_geterr(ptr))
-    if status in (-1, -8, -11) and detail:  # PCAP_ERROR, _PERM_DENIED, _PROMISC_PERM_DENIED
+    if status in (-8, -11):  # PCAP_ERROR_PERM_DENIED, PCAP_ERROR_PROMISC_PERM_DENIED
+        return f"{detail or reason}: needs root or CAP_NET_RAW and CAP_NET_ADMIN"
+    if status == -1 and detail:  # PCAP_ERROR: the message says what failed
         return detail
     return reason
 
