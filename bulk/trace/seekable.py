@@ -173,6 +173,12 @@ def _ts_out(ts: int | None) -> int:
     return NO_TS if ts is None else ts
 
 
+def _ts64(ts: int | None) -> int | None:
+    """A time the index can hold (64 bits): a damaged trace's times may lie beyond
+    year 2262; clamped, a minimum or maximum is still a bound."""
+    return None if ts is None else max(NO_TS + 1, min(ts, 2**63 - 1))
+
+
 def _ts_in(ts: int) -> int | None:
     return None if ts == NO_TS else ts
 
@@ -230,11 +236,11 @@ class SeekableWriter:
                 len(comp),
                 self._decomp,
                 dsize,
-                st.first_ts,
-                st.last_ts,
+                _ts64(st.first_ts),
+                _ts64(st.last_ts),
                 st.packets,
-                st.min_ts,
-                st.max_ts,
+                _ts64(st.min_ts),
+                _ts64(st.max_ts),
             )
         )
         if self.fmt == "zstd":
