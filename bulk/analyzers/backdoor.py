@@ -189,14 +189,17 @@ class BackdoorFlow:
         """New in-order stream bytes; returns True once the flow is decided."""
         if self.done or not data:
             return self.done
-        self.last_ts = max(self.last_ts, ts_ns)
-        d = self.dirs[0 if from_orig else 1]
+        if ts_ns > self.last_ts:  # noqa: PLR1730 - per packet: faster than max()
+            self.last_ts = ts_ns
+        d = self.dirs[0] if from_orig else self.dirs[1]
         if d.first_segment is None:
             d.first_segment = bytes(data[:64])
             d.first_ts = ts_ns
         d.stats.add(ts_ns, data)
-        if not d.closed and len(d.buf) < self.cfg.inspect_bytes:
-            d.buf += data[: self.cfg.inspect_bytes - len(d.buf)]
+        buf = d.buf
+        limit = self.cfg.inspect_bytes
+        if not d.closed and len(buf) < limit:
+            buf += data[: limit - len(buf)]
             # Signatures look at the first line or the first bytes: the first
             # few deliveries settle it (finish() tries once more).
             if not d.matches and d.tries < MATCH_TRIES:
@@ -224,20 +227,17 @@ class BackdoorFlow:
 
     def _decisive(self) -> bool:
         o, r = self.dirs
-        for d, other in ((o, r), (r, o)):
-            for m in d.matches:
-                if m.role is Role.SERVER and m.confidence >= 0.8:
-                    return True
-                if m.role is Role.CLIENT and other.first_segment is not None:
-                    return True
-                if m.role is Role.EITHER and other.matches:
-                    return True
-        if o.stats.num_pkts + r.stats.num_pkts >= 2 * self.cfg.max_data_packets:
-            return True
-        return (
-            o.stats.num_pkts >= self.cfg.max_data_packets
-            and r.stats.num_pkts >= self.cfg.max_data_packets
-        )
+        if o.matches or r.matches:
+            for d, other in ((o, r), (r, o)):
+                for m in d.matches:
+                    if m.role is Role.SERVER and m.confidence >= 0.8:
+                        return True
+                    if m.role is Role.CLIENT and other.first_segment is not None:
+                        return True
+                    if m.role is Role.EITHER and other.matches:
+                        return True
+        # The cut-off: max_data_packets each way (or twice that one way).
+        return o.stats.num_pkts + r.stats.num_pkts >= 2 * self.cfg.max_data_packets
 
     # ------------------------------------------------------------ output
 

@@ -125,8 +125,9 @@ def run(
     stats = RunStats()
     decided: set[bytes] = set()
     if fast:
-        analyzer = BackdoorAnalyzer(cfg, emit, partial(_add_keys, decided),
-                                    partial(_drop_keys, decided))
+        keys: dict[Flow, tuple[bytes, bytes]] = {}
+        analyzer = BackdoorAnalyzer(cfg, emit, partial(_add_keys, decided, keys),
+                                    partial(_drop_keys, decided, keys))
     else:
         analyzer = BackdoorAnalyzer(cfg, emit)
     table = FlowTable([analyzer], flow_config())
@@ -154,16 +155,17 @@ def _keys(flow: Flow) -> tuple[bytes, bytes]:
             r + o + _PORTS.pack(flow.resp_p, flow.orig_p))
 
 
-def _add_keys(decided: set[bytes], flow: Flow) -> None:
+def _add_keys(decided: set[bytes], keys: dict[Flow, tuple[bytes, bytes]], flow: Flow) -> None:
     if flow.ipver == 4:
-        decided.update(_keys(flow))
+        keys[flow] = both = _keys(flow)
+        decided.update(both)
 
 
-def _drop_keys(decided: set[bytes], flow: Flow) -> None:
-    if flow.ipver == 4 and decided:
-        a, b = _keys(flow)
-        decided.discard(a)
-        decided.discard(b)
+def _drop_keys(decided: set[bytes], keys: dict[Flow, tuple[bytes, bytes]], flow: Flow) -> None:
+    both = keys.pop(flow, None)  # None: never decided, or not IPv4
+    if both is not None:
+        decided.discard(both[0])
+        decided.discard(both[1])
 
 
 def _first_ts(path: str) -> tuple[int, int]:

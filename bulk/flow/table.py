@@ -605,7 +605,8 @@ class FlowTable:
             elif proto == PROTO_TCP and d[8] & SYN:
                 flow, direction = self._syn(flow, direction, d, key)
             self._lru.move_to_end(flow)
-        flow.last_ns = max(flow.last_ns, ts)
+        if ts > flow.last_ns:  # noqa: PLR1730 - per packet: faster than max()
+            flow.last_ns = ts
         flow.pkts[direction] += 1
         flow.wire_bytes[direction] += d[1]
         flow.payload_bytes[direction] += len(d[12]) + d[13]
@@ -620,9 +621,11 @@ class FlowTable:
         tcp = flow.tcp
         if tcp is not None:
             tcp.segment(direction, d[8], d[9], d[10], d[12], d[13], ts)
-            if not flow.closing and tcp.finished and flow.alive:
-                flow.closing = deadline = ts + self._close_ns
-                self._closing.append((deadline, flow))
+            if not flow.closing:
+                s0, s1 = tcp.streams  # tcp.finished, inline (this runs per packet)
+                if (tcp.rst or (s0.closed and s1.closed)) and flow.alive:
+                    flow.closing = deadline = ts + self._close_ns
+                    self._closing.append((deadline, flow))
 
     # ---- flows -----------------------------------------------------------
     def _new_flow(self, d: Decoded) -> Flow:
