@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bulk.analyzers.interactive import EndpointStats, interactive_verdict, ssh_lengths
 from bulk.analyzers.signatures import (
@@ -58,15 +58,16 @@ class BackdoorConfig:
     report_interactive: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     host: str
     port: int
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One classified connection, with client and server as the payload says."""
+class Finding(NamedTuple):
+    """One classified connection, with client and server as the payload says.
+
+    (NamedTuples here and for matches: built per connection, and much cheaper
+    to build than frozen dataclasses.)"""
 
     ts_ns: int  # first packet of the connection
     uid: str
@@ -132,8 +133,7 @@ class _Direction:
 _RELEASED = (_Direction(), _Direction())
 
 
-@dataclass(frozen=True, slots=True)
-class _Decision:
+class _Decision(NamedTuple):
     service: str
     server_is_resp: bool
     evidence: str

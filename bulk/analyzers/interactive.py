@@ -24,7 +24,7 @@ so the statistics are those of its opening minutes at most.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bulk.analyzers.signatures import NORMAL_LINE_LENGTH
 
@@ -141,8 +141,7 @@ _ASCII7 = bytes(range(1, 128))
 _EOL = re.compile(rb"\r\n|[\r\n]")
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     interactive: bool
     evidence: str
     confidence: float

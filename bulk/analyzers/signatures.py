@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 
 class Role(Enum):
@@ -34,8 +34,7 @@ class Role(Enum):
     EITHER = "either"  # both sides open with it (SSH banner, BitTorrent handshake)
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
+class Match(NamedTuple):
     """One signature matched one direction's payload."""
 
     service: str  # "ssh", "http", ... (the names of standard_ports.conf)
@@ -45,8 +44,7 @@ class Match:
     detail: str = ""  # a short printable excerpt of what matched
 
 
-@dataclass(frozen=True, slots=True)
-class Signature:
+class Signature(NamedTuple):
     """A named payload test with its documentation."""
 
     name: str
@@ -396,8 +394,7 @@ def telnet_negotiation(data: bytes) -> Match | None:
     return Match("telnet", "telnet-iac", role, conf, f"{triplets} option negotiations")
 
 
-@dataclass(frozen=True, slots=True)
-class LineStats:
+class LineStats(NamedTuple):
     """Bro's telnet line statistics over some bytes (IAC sequences skipped)."""
 
     num_bytes: int
