@@ -322,8 +322,14 @@ class HostIndex:
     addr4_blob: bytes = b""
     addr6_blob: bytes = b""
     port_blobs: dict[int, bytes] = field(default_factory=dict)
+    # The compression of the file the index was checked against by load_index_for
+    # (from its bytes when it is not the very file indexed: an index written
+    # before compression renamed the trace still says "compression": null).
+    trace_compression: str | None = None
 
     def __post_init__(self) -> None:
+        if self.trace_compression is None:
+            self.trace_compression = self.meta.get("compression")
         self._addr4 = _uint_array(self.addr4_blob, "I")
         self._addr6 = _Fixed(self.addr6_blob, 16)
         self._ports = {p: _uint_array(b, "H") for p, b in self.port_blobs.items()}
@@ -743,6 +749,7 @@ def load_index_for(trace_path: str, verify: bool = True) -> HostIndex | None:
 
 
 def _describes(index: HostIndex, trace_path: str) -> bool:
+    """True if ``index`` describes the trace; sets its ``trace_compression``."""
     meta = index.meta
     try:
         st = os.stat(trace_path)
@@ -753,4 +760,5 @@ def _describes(index: HostIndex, trace_path: str) -> bool:
         return False
     if compression == meta.get("compression") and st.st_size != meta.get("file_size"):
         return False
+    index.trace_compression = compression
     return crc == meta.get("head_crc") and length == meta.get("head_len")

@@ -28,7 +28,6 @@ from bulk.archive.members import COMPRESSED_SUFFIXES
 from bulk.archive.members import follow as follow_path
 from bulk.errors import TraceError, UsageError
 from bulk.timespec import TimeWindow
-from bulk.trace.stream import sniff_compression
 
 if TYPE_CHECKING:
     from bulk.archive.hostindex import HostIndex
@@ -109,9 +108,9 @@ def describe(path: str, use_index: bool) -> Input:
         return Input(
             path=path,
             format=str(meta["format"]),
-            # From the file itself: an index written before compression renamed
-            # the trace (X.pcap.idx -> X.pcap.zst.idx) still says uncompressed.
-            compression=sniff_compression(path),
+            # Of the file itself: an index written before compression renamed the
+            # trace (X.pcap.idx -> X.pcap.zst.idx) still says uncompressed.
+            compression=index.trace_compression,
             linktypes=tuple(index.linktypes),
             snaplen=int(meta.get("snaplen") or 0),
             nanosecond=bool(meta.get("nanosecond")),
