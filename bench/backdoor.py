@@ -7,9 +7,11 @@ rewritten (second and third octets XOR k) so that each replica's
 connections are distinct flows, and its times shifted so replicas follow one
 another. Flow structure, payloads and sizes stay those of real traffic.
 
-Both tools run on the same file in the same run, each twice; the best wall
-time and the peak RSS (ru_maxrss of the child) are printed with the ratio
-bulk / ndpiReader (below 1.0: bulk is faster).
+Both tools run on the same file in the same run, alternating, ``--runs``
+times each; every run prints wall time, CPU time (user+sys) and peak RSS
+(ru_maxrss of the child) of both tools and their ratios bulk / ndpiReader
+(below 1.0: bulk is faster); then the best wall time of each and the median
+of the per-run ratios.
 
     python bench/backdoor.py                  # default ~200 MB input
     python bench/backdoor.py --size-mb 50 --runs 1
@@ -21,6 +23,7 @@ import argparse
 import heapq
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -97,8 +100,8 @@ def generate(path: Path, size_mb: int) -> tuple[int, int]:
     return n, replicas
 
 
-def measure(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS KiB) of one run, output discarded."""
+def measure(cmd: list[str]) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS KiB, CPU seconds) of one run, output discarded."""
     t0 = time.perf_counter()
     with open(os.devnull, "wb") as devnull:
         proc = subprocess.Popen(cmd, stdout=devnull, stderr=subprocess.PIPE, cwd=ROOT)
@@ -107,13 +110,13 @@ def measure(cmd: list[str]) -> tuple[float, int]:
     err = proc.stderr.read().decode() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{cmd[0]} failed: {err.strip()}")
-    return wall, usage.ru_maxrss
+    return wall, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=200)
-    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--input", type=Path, help="use this trace instead of generating one")
     args = ap.parse_args()
     if shutil.which("ndpiReader") is None:
@@ -134,18 +137,29 @@ def main() -> int:
         "ndpiReader": ["ndpiReader", "-q", "-i", str(trace)],
     }
     best: dict[str, tuple[float, int]] = {}
-    for _ in range(args.runs):
+    ratios: list[tuple[float, float, float]] = []
+    print(f"input: {trace.name}, {size / 1e6:.1f} MB; {args.runs} runs; "
+          f"load average {os.getloadavg()[0]:.2f} at start (shared 2-core machine)")
+    for i in range(args.runs):
+        run: dict[str, tuple[float, int, float]] = {}
         for name, cmd in tools.items():
-            wall, rss = measure(cmd)
+            run[name] = wall, rss, _cpu = measure(cmd)
             prev = best.get(name)
             best[name] = (min(wall, prev[0]) if prev else wall, max(rss, prev[1]) if prev else rss)
-    print(f"input: {trace.name}, {size / 1e6:.1f} MB; best of {args.runs} runs; "
-          f"load average {os.getloadavg()[0]:.2f} (shared 2-core machine)")
+        (bw, br, bc), (nw, nr, nc) = run["bulk backdoor"], run["ndpiReader"]
+        ratios.append((bw / nw, br / nr, bc / nc))
+        print(f"  run {i + 1}: bulk {bw:.2f} s wall, {bc:.2f} s CPU, {br / 1024:.1f} MiB; "
+              f"ndpiReader {nw:.2f} s wall, {nc:.2f} s CPU, {nr / 1024:.1f} MiB; "
+              f"ratio wall {bw / nw:.2f}x, CPU {bc / nc:.2f}x, RSS {br / nr:.2f}x; "
+              f"load {os.getloadavg()[0]:.2f}")
     for name, (wall, rss) in best.items():
-        print(f"  {name:14s} wall {wall:7.2f} s  {size / 1e6 / wall:7.1f} MB/s  "
+        print(f"  {name:14s} best wall {wall:7.2f} s  {size / 1e6 / wall:7.1f} MB/s  "
               f"peak RSS {rss / 1024:7.1f} MiB")
     (bw, br), (nw, nr) = best["bulk backdoor"], best["ndpiReader"]
-    print(f"ratio bulk/ndpiReader: time {bw / nw:.2f}x, peak RSS {br / nr:.2f}x")
+    print(f"ratio bulk/ndpiReader of the best runs: time {bw / nw:.2f}x, peak RSS {br / nr:.2f}x")
+    med = [statistics.median(r[k] for r in ratios) for k in range(3)]
+    print(f"median of the same-run ratios: wall {med[0]:.2f}x, CPU {med[2]:.2f}x, "
+          f"peak RSS {med[1]:.2f}x")
     return 0
 
 
