@@ -40,7 +40,10 @@ class SliceSink:
     def write_record(self, ts_ns: int, wirelen: int, data: bytes) -> None:
         sec, frac = divmod(ts_ns, NS)
         pending = self._pending
-        pending.append(self._pack(sec, frac // self._div, len(data), wirelen))
+        try:
+            pending.append(self._pack(sec, frac // self._div, len(data), wirelen))
+        except struct.error:  # a (pcapng) time beyond 2106: wrapped to 32 bits, as libpcap does
+            pending.append(self._pack(sec & 0xFFFFFFFF, frac // self._div, len(data), wirelen))
         pending.append(data)
         self.packets += 1
         self.bytes += len(data)
