@@ -364,7 +364,7 @@ def main() -> int:
                     hog.wait()
         if args.rss_packets:
             print("long runs, top speed, mixed sizes (RSS against run length):", flush=True)
-            for tool in [t for t in tools if t in ("bulk", "tcpdump")]:
+            for tool in [t for t in tools if t.startswith("bulk") or t == "tcpdump"]:
                 for packets in (args.rss_packets // 10, args.rss_packets):
                     run = one_run(link, tool, inputs["mixed"], 0, packets)
                     line = (
