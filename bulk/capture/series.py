@@ -18,6 +18,7 @@ Two engines (see docs/ARCHITECTURE.md, "Capture"):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import struct
 import time
@@ -31,6 +32,7 @@ from bulk.archive.naming import TraceName, create_exclusive, series_names
 from bulk.archive.scan import INDEX_BYTES, PCAP_HEADER, RECORD_HEADER
 from bulk.errors import ArchiveError
 
+log = logging.getLogger("bulk.capture")
 DISPATCH_BATCH = 65536
 # The libpcap engine's dispatch calls take at most this many packets, so a
 # size rotation overshoots by at most one such batch.
@@ -239,6 +241,7 @@ class DumpSeries(Series):
 
     def _reset_index(self) -> None:
         self.entries: list[list[int]] = []
+        self._indexing = True
         self._next_mark = PCAP_HEADER
         self._tail = (0, PCAP_HEADER)  # (packet, offset) of the last dispatch's first record
         self._last_clock = 0  # the clock after the last dispatch that wrote packets
@@ -275,9 +278,22 @@ class DumpSeries(Series):
         return n
 
     def _mark(self, offset: int) -> None:
-        """Make the record at ``offset`` (just written) an index entry."""
-        self._dumper.flush()
-        sec, usec, _cap, _len = _RECORD.unpack(os.pread(self._reader, RECORD_HEADER, offset))
+        """Make the record at ``offset`` (just written) an index entry.
+
+        A failed write (flush) or read-back leaves the file to the archiver's
+        scan; the capture goes on."""
+        if not self._indexing:
+            return
+        try:
+            self._dumper.flush()
+            head = os.pread(self._reader, RECORD_HEADER, offset)
+        except OSError as exc:
+            self._index_failed(exc)
+            return
+        if len(head) < RECORD_HEADER:
+            self._index_failed(OSError(f"record at byte {offset} not found"))
+            return
+        sec, usec, _cap, _len = _RECORD.unpack(head)
         ts = sec * 1_000_000_000 + usec * 1000
         if self.entries:
             self.entries[-1][4] = self._last_clock  # the previous segment's highest time
@@ -287,6 +303,11 @@ class DumpSeries(Series):
             self.first_ns = low = ts
         self.entries.append([self.packets, offset, ts, low, ts])
         self._next_mark = offset + self.every
+
+    def _index_failed(self, exc: OSError) -> None:
+        self._indexing = False
+        name = os.path.basename(self.current.path) if self.current else "?"
+        log.error("%s: index not kept while writing (%s); the file will be scanned", name, exc)
 
     def _dedupe(self, hdr: Any, data: Any) -> None:
         ts = hdr.contents.ts
@@ -309,10 +330,13 @@ class DumpSeries(Series):
         dumper, reader = self._dumper, self._reader
         entries, tail, packets = self.entries, self._tail, self.packets
         end = dumper.ftell()
-        dumper.flush()
         last_ns: int | None = None
-        if packets:
-            last_ns = _latest(os.pread(reader, end - tail[1], tail[1]))
+        if packets and self._indexing and entries:
+            try:
+                dumper.flush()
+                last_ns = _latest(os.pread(reader, end - tail[1], tail[1]))
+            except OSError as exc:
+                self._index_failed(exc)
             if last_ns is not None:
                 # The file's last time bounds every segment (the ring's order, as
                 # for its first time); the last segment ends with it.
@@ -325,7 +349,8 @@ class DumpSeries(Series):
         if closed is None:
             return None
         if closed.size != end or (packets and last_ns is None):
-            return closed  # the file is not what the dumper wrote (a write failed): scan it
+            # The file is not what the dumper wrote (a write failed): scan it.
+            return closed
         return dataclasses.replace(closed, last_ns=last_ns, entries=entries)
 
 
