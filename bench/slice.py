@@ -5,19 +5,25 @@
 Generates (once, kept under bench/out/) a time-ordered pcap of real packets
 from tests/data spanning --span seconds, and its `bulk compress` copy (seekable
 zstd, 4 MiB frames). Then, in the same run, with a warm page cache, the best of
---reps runs of:
+--reps runs (all variants in turn, each output file removed before its run) of:
 
   tcpslice  START +WINDOW raw.pcap              (the reference)
   bulk slice START +WINDOW raw.pcap             goal: <= 1.0x tcpslice
   zstd -dc raw.pcap.zst > tmp; tcpslice ... tmp (the reference for compressed)
   bulk slice START +WINDOW raw.pcap.zst         goal: <= 2.0x tcpslice on raw
 
-and checks that all four outputs hold the same records. Bytes read are bulk's
-own count (--stats: probes, frames and the window itself) over the input size.
-It also times `bulk slice --show-window` on the same file (the fixed cost of
-starting Python and the CLI, which imports every command), and the slice
-command run alone through its module (`alone`, `alone-zst`): what `bulk slice`
-costs once the CLI loads only the command it runs.
+and checks that all four outputs hold the same records. Wall and CPU time
+(user + system of the process and its children) are both reported: on a
+shared, loaded machine the CPU ratios are the steadier ones. Bytes read are
+bulk's own count (one more, untimed run with --stats: probes, frames and the
+window itself) over the input size. Two fixed costs are timed as well:
+`python -c pass` in the same environment (the interpreter and its site
+packages) and `bulk slice --show-window` (start-up: interpreter, imports,
+argument parsing, finding first and last packets; no slicing).
+
+bulk runs as installed code would: with compiled bytecode (this repository's
+environment sets PYTHONDONTWRITEBYTECODE; the benchmark caches bytecode under
+bench/out/pycache instead, as bench/extract.py does), after one warm-up run.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -38,18 +45,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from slicegen import T0, generate  # noqa: E402
 
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
 BULK = [str(ROOT / ".venv" / "bin" / "bulk")]
-# The slice command alone, without the CLI importing every other command first
-# (what a CLI that loads only the chosen command would cost).
-ALONE = [
-    str(ROOT / ".venv" / "bin" / "python"),
-    "-c",
-    "import argparse, sys\n"
-    "from bulk.commands import slice as m\n"
-    "p = argparse.ArgumentParser()\n"
-    "m.add_arguments(p)\n"
-    "sys.exit(m.run(p.parse_args(sys.argv[1:])))",
-]
 
 
 def _size(text: str) -> int:
@@ -59,13 +56,29 @@ def _size(text: str) -> int:
     return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 10**6, "G": 10**9}[m.group(2)]
 
 
-def _timed(cmd: list[str] | str, shell: bool = False) -> tuple[float, bytes]:
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, shell=shell, capture_output=True, check=False)
-    elapsed = time.perf_counter() - t
+def _env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.pop("PYTHONDONTWRITEBYTECODE", None)
+    e["PYTHONPYCACHEPREFIX"] = str(OUT / "pycache")
+    return e
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _timed(cmd: list[str] | str) -> tuple[float, float, bytes]:
+    """Wall time, CPU time (children included) and stderr of one run; a string
+    is a shell command."""
+    t, c = time.perf_counter(), _cpu()
+    proc = subprocess.run(
+        cmd, shell=isinstance(cmd, str), env=_env(), capture_output=True, check=False
+    )
+    elapsed, cpu = time.perf_counter() - t, _cpu() - c
     if proc.returncode != 0:
         raise SystemExit(f"failed: {cmd}: {proc.stderr.decode()}")
-    return elapsed, proc.stderr
+    return elapsed, cpu, proc.stderr
 
 
 def _records(path: Path) -> bytes:
@@ -100,66 +113,78 @@ def main() -> int:
         tmp.rename(comp)
     start = str(T0 + args.span // 3)
     win = f"+{args.window}"
-    outs = {
-        k: OUT / f"slice-out-{k}.pcap"
-        for k in ("tcpslice", "bulk", "ref-zst", "bulk-zst", "alone", "alone-zst")
-    }
+    outs = {k: OUT / f"slice-out-{k}.pcap" for k in ("tcpslice", "bulk", "ref-zst", "bulk-zst")}
     tmp_pcap = OUT / "slice-zstdcat.pcap"
-    runs = {
+    runs: dict[str, list[str] | str] = {
         "tcpslice": ["tcpslice", "-w", str(outs["tcpslice"]), start, win, str(raw)],
-        "bulk": [*BULK, "slice", "-w", str(outs["bulk"]), "--stats", start, win, str(raw)],
+        "bulk": [*BULK, "slice", "-w", str(outs["bulk"]), start, win, str(raw)],
         "ref-zst": f"zstd -q -d -c {comp} > {tmp_pcap} && tcpslice -w {outs['ref-zst']} "
         f"{start} {win} {tmp_pcap}",
-        "bulk-zst": [*BULK, "slice", "-w", str(outs["bulk-zst"]), "--stats", start, win, str(comp)],
+        "bulk-zst": [*BULK, "slice", "-w", str(outs["bulk-zst"]), start, win, str(comp)],
         "startup": [*BULK, "slice", "--show-window", start, win, str(raw)],
-        "alone": [*ALONE, "-w", str(outs["alone"]), start, win, str(raw)],
-        "alone-zst": [*ALONE, "-w", str(outs["alone-zst"]), start, win, str(comp)],
+        "python": [PYTHON, "-c", "pass"],
     }
-    best: dict[str, float] = {}
-    stats: dict[str, bytes] = {}
-    for cmd in runs.values():  # warm the page cache and the interpreter's files
-        _timed(cmd, shell=isinstance(cmd, str))
+
+    def clear(name: str | None = None) -> None:
+        """Remove the output of run ``name`` (None: of all), so that no run pays
+        for truncating the previous one's output."""
+        for k, p in (*outs.items(), ("ref-zst", tmp_pcap)):
+            if name is None or k == name:
+                p.unlink(missing_ok=True)
+
+    for name, cmd in runs.items():  # warm the page cache and the bytecode cache
+        clear(name)
+        _timed(cmd)
+    best: dict[str, tuple[float, float]] = {}
     for _ in range(args.reps):
         for name, cmd in runs.items():
-            elapsed, err = _timed(cmd, shell=isinstance(cmd, str))
-            best[name] = min(best.get(name, elapsed), elapsed)
-            stats[name] = err
-    tmp_pcap.unlink(missing_ok=True)
+            clear(name)
+            elapsed, cpu, _err = _timed(cmd)
+            w, c = best.get(name, (elapsed, cpu))
+            best[name] = (min(w, elapsed), min(c, cpu))
     same = {_records(p) for p in outs.values()}
     window_bytes = outs["bulk"].stat().st_size
+    read: dict[str, int] = {}
+    for name, src in (("bulk", raw), ("bulk-zst", comp)):
+        clear(name)
+        _w, _c, err = _timed(
+            [*BULK, "slice", "-w", str(outs[name]), "--stats", start, win, str(src)]
+        )
+        m = re.search(rb"read (\d+) bytes", err)
+        if m:
+            read[name] = int(m.group(1))
+    clear()
     print(
         f"\ninput {raw.name}: {raw.stat().st_size:,} bytes, zstd copy {comp.stat().st_size:,}"
         f" bytes; window {args.window} s = {window_bytes:,} bytes of output"
     )
-    print(f"outputs identical (records of all six): {len(same) == 1}")
-    for name in ("bulk", "bulk-zst"):
-        m = re.search(rb"read (\d+) bytes", stats[name])
-        size = (raw if name == "bulk" else comp).stat().st_size
-        if m:
-            n = int(m.group(1))
-            print(
-                f"{name}: read {n:,} bytes = {100 * n / size:.2f}% of its input "
-                f"({100 * (n - window_bytes) / size:.3f}% beyond the window's own bytes)"
-                if name == "bulk"
-                else f"{name}: read {n:,} compressed bytes = {100 * n / size:.2f}% of its input"
-            )
-    load = os.getloadavg()[0]
-    print(f"best of {args.reps} (load average {load:.1f} on {os.cpu_count()} cores):")
+    print(f"outputs identical (records of all four): {len(same) == 1}")
+    if "bulk" in read:
+        n, size = read["bulk"], raw.stat().st_size
+        print(
+            f"bulk: read {n:,} bytes = {100 * n / size:.2f}% of its input "
+            f"({100 * (n - window_bytes) / size:.3f}% beyond the window's own bytes)"
+        )
+    if "bulk-zst" in read:
+        n, size = read["bulk-zst"], comp.stat().st_size
+        print(f"bulk-zst: read {n:,} compressed bytes = {100 * n / size:.2f}% of its input")
+    load = os.getloadavg()
+    print(
+        f"best of {args.reps}, wall / CPU (load average {load[0]:.1f} {load[1]:.1f} "
+        f"{load[2]:.1f} on {os.cpu_count()} cores):"
+    )
     for name in runs:
-        print(f"  {name:9s} {best[name] * 1000:8.1f} ms")
-    r1 = best["bulk"] / best["tcpslice"]
-    r2 = best["bulk-zst"] / best["tcpslice"]
-    r3 = best["bulk-zst"] / best["ref-zst"]
-    print(f"ratio bulk/tcpslice (raw):                 {r1:.2f}x  (goal <= 1.0)")
-    print(f"ratio bulk on zstd / tcpslice on raw:      {r2:.2f}x  (goal <= 2.0)")
-    print(f"ratio bulk on zstd / (zstd -d + tcpslice): {r3:.2f}x")
-    print(f"CLI start-up (--show-window, no slicing):  {best['startup'] * 1000:.1f} ms")
-    a1 = best["alone"] / best["tcpslice"]
-    a2 = best["alone-zst"] / best["tcpslice"]
-    print(f"slice module alone / tcpslice (raw):       {a1:.2f}x")
-    print(f"slice module alone on zstd / tcpslice raw: {a2:.2f}x")
-    for p in outs.values():
-        p.unlink(missing_ok=True)
+        print(f"  {name:9s} {best[name][0] * 1000:8.1f} ms / {best[name][1] * 1000:7.1f} ms")
+
+    def ratio(a: str, b: str) -> str:
+        return f"{best[a][0] / best[b][0]:.2f}x / {best[a][1] / best[b][1]:.2f}x"
+
+    print("ratios, wall / CPU:")
+    print(f"  bulk / tcpslice (raw):                 {ratio('bulk', 'tcpslice')}  (goal <= 1.0)")
+    print(
+        f"  bulk on zstd / tcpslice on raw:        {ratio('bulk-zst', 'tcpslice')}  (goal <= 2.0)"
+    )
+    print(f"  bulk on zstd / (zstd -d + tcpslice):   {ratio('bulk-zst', 'ref-zst')}")
     return 0 if len(same) == 1 else 1
 
 
