@@ -197,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
         )
     out, owned = _open_output(args.write)
     try:
-        report = write_plan(plan, expression, window, out)
+        target = "standard output" if args.write in (None, "-") else args.write
+        report = write_plan(plan, expression, window, out, target=target)
     finally:
         if owned:
             out.close()

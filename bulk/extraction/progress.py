@@ -29,7 +29,10 @@ class Progress:
         self._last = 0.0
         self._drawn = False
 
-    def update(self, files_done: int, bytes_done: int, packets: int, force: bool = False) -> None:
+    def update(
+        self, files_done: int, bytes_done: int, packets: int | None, force: bool = False
+    ) -> None:
+        """``packets``: None when libpcap writes them (not counted)."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -39,9 +42,10 @@ class Progress:
         rate = bytes_done / max(now - self.t0, 1e-6)
         line = (
             f"bulk extract: {files_done}/{self.files} files  "
-            f"{_size(bytes_done)}/{_size(self.total_bytes)}  {_size(rate)}/s  "
-            f"{packets:,} packets written"
+            f"{_size(bytes_done)}/{_size(self.total_bytes)}  {_size(rate)}/s"
         )
+        if packets is not None:
+            line += f"  {packets:,} packets written"
         self.stream.write("\r" + line + "\x1b[K")
         self.stream.flush()
         self._drawn = True

@@ -1,7 +1,14 @@
 """Write the matching packets of a plan, merged in time order, as one pcap.
 
-One trace read directly by libpcap is copied by a tight loop (one Python
-iteration per MATCHING packet, the filter runs in C). Several traces are
+Traces whose time ranges do not overlap (one trace; a rotated archive, known
+from the host indexes) are written one after the other. An uncompressed
+microsecond trace that lies wholly in the time window is then read, filtered
+and written by libpcap alone (:mod:`bulk.extraction.native`, no Python per
+packet), the others packet by packet as below.
+
+One trace read directly by libpcap with a time window is copied by a tight
+loop (one Python iteration per MATCHING packet, the filter runs in C). Several
+overlapping traces are
 merged lazily: a trace is opened only when the merge reaches its earliest
 time, so a rotated archive has one or two traces open at a time while
 overlapping ones (capture workers) are merged packet by packet. Ties keep the
@@ -18,7 +25,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import pcapy
 
@@ -35,9 +42,11 @@ from bulk.extraction.sources import (
     open_direct,
     pcap_error,
 )
+from bulk.slicing.pcapfile import PCAP_MAGIC_NS, PCAP_MAGIC_US
 from bulk.timespec import TimeWindow
 
 _RECORD = struct.Struct("<IIII")
+_HEADER = struct.Struct("<IHHiIII")
 _TICK = 0x3FF
 
 
@@ -144,48 +153,110 @@ def _copy_direct(
     report.bytes += nbytes
 
 
-def _libpcap_header(handle: Any) -> bytes:
-    """The pcap file header libpcap's own dumper would write for ``handle``."""
-    fd = os.memfd_create("bulk-extract-header")
-    try:
-        dumper = handle.dump_open(f"/proc/self/fd/{fd}")
-        dumper.close()
-        return os.pread(fd, 24, 0)
-    finally:
-        os.close(fd)
+def pcap_header(plan: Plan) -> bytes:
+    """The output's pcap file header (little endian, version 2.4, zone 0)."""
+    magic = PCAP_MAGIC_NS if plan.nanosecond else PCAP_MAGIC_US
+    return _HEADER.pack(magic, 2, 4, 0, 0, plan.snaplen, plan.linktype)
 
 
-def _is_header(raw: bytes, plan: Plan) -> bool:
-    """``raw`` is the header the plan's output must start with (little-endian
-    microsecond pcap, version 2.4, zone 0, the plan's snaplen and link type)."""
-    return len(raw) == 24 and struct.unpack("<IHHiIII", raw) == (
-        0xA1B2C3D4, 2, 4, 0, 0, plan.snaplen, plan.linktype
-    )  # fmt: skip
+def _ranges_in_order(plan: Plan) -> bool:
+    """True if writing the traces one after the other gives the merge's order:
+    each holds no packet earlier than the latest of the traces before it (ties
+    go to the trace first in the plan's order, as in the merge). Known from
+    complete host indexes only, unless there is just one trace."""
+    if len(plan.to_read) <= 1:
+        return True
+    latest: int | None = None
+    for inp in plan.to_read:
+        ix = inp.index
+        if ix is None or not ix.complete:
+            return False
+        lo, hi = ix.min_ns, ix.max_ns
+        if lo is None or hi is None:
+            if ix.packets:
+                return False
+            continue  # an empty trace
+        if latest is not None and lo < latest:
+            return False
+        latest = hi
+    return True
 
 
-def _dump_direct(inp: Input, expression: str, plan: Plan, out: BinaryIO) -> bool:
-    """Whole trace, no window: libpcap reads, filters AND writes (``loop`` + its dumper),
-    as tcpdump does, when its header is the one we must write. False if not possible.
+def _whole(inp: Input, window: TimeWindow) -> bool:
+    """Every packet of the trace is in the window (no window: all are)."""
+    start, end = window.start_ns, window.end_ns
+    if start is None and end is None:
+        return True
+    ix = inp.index
+    if ix is None or not ix.complete:
+        return False
+    lo, hi = ix.min_ns, ix.max_ns
+    if lo is None or hi is None:
+        return ix.packets == 0
+    return (start is None or lo >= start) and (end is None or hi <= end)
 
-    The dumper opens ``/proc/self/fd/N`` of our output (a file or a pipe), to which
-    nothing has been written yet.
-    """
+
+def _write_in_order(
+    plan: Plan, expression: str, window: TimeWindow, out: BinaryIO, *, target: str,
+    report: ExtractReport, progress: Progress,
+) -> bool:  # fmt: skip
+    """Write the traces one after the other, libpcap's dumper writing the header
+    and the packets of every uncompressed trace wholly in the window. False,
+    with nothing written, if libpcap's dumper cannot be used."""
+    from bulk.extraction.native import Dumper  # noqa: PLC0415
+
     try:
         fd = out.fileno()
     except (OSError, ValueError, AttributeError):
         return False
-    handle = open_direct(inp, expression)
+    out.flush()
+    dumper = Dumper.open(fd, plan.linktype, plan.snaplen, pcap_header(plan), target)
+    if dumper is None:
+        return False
+    files_done = bytes_done = 0
+
+    def tick(read: int) -> None:
+        progress.update(files_done, bytes_done + read, None)
+
     try:
-        if plan.nanosecond or not _is_header(_libpcap_header(handle), plan):
-            return False
-        dumper = handle.dump_open(f"/proc/self/fd/{fd}")
-        try:
-            handle.loop(0, dumper.dump)
-        finally:
-            dumper.close()
+        for planned in plan.to_read:
+            try:
+                inp = follow(planned)
+            except Vanished as exc:
+                report.errors.append(exc)
+                continue
+            by_libpcap = method_for(inp) == "direct" and _whole(inp, window)
+            if by_libpcap:
+                message = dumper.copy(inp.path, expression, tick)
+                if message is not None:
+                    if os.path.exists(inp.path):
+                        report.errors.append(pcap_error(inp.path, message))
+                    else:
+                        by_libpcap = False  # renamed or deleted since: followed below
+            if not by_libpcap:
+                dumper.flush()
+                _write_matches(inp, expression, window, out, report)
+                out.flush()
+            files_done += 1
+            bytes_done += planned.size
+            progress.update(files_done, bytes_done, None)
     finally:
-        handle.close()
+        dumper.close()
+    report.packets = report.bytes = -1  # written by libpcap, not counted
     return True
+
+
+def _write_matches(
+    inp: Input, expression: str, window: TimeWindow, out: BinaryIO, report: ExtractReport
+) -> None:
+    """One trace's matching packets in the window, written by Python (microsecond output)."""
+    w = out.write
+    pack = _RECORD.pack
+    for _ts, sec, frac, wirelen, data in _guarded(
+        matches(inp, expression, window), report.errors
+    ):
+        w(pack(sec, frac, len(data), wirelen))
+        w(data)
 
 
 def write_plan(
@@ -194,8 +265,11 @@ def write_plan(
     window: TimeWindow,
     out: BinaryIO,
     progress: Progress | None = None,
+    *,
+    target: str = "standard output",
 ) -> ExtractReport:
-    """Write the pcap header and every matching packet of the plan to ``out``."""
+    """Write the pcap header and every matching packet of the plan to ``out``
+    (``target`` names it in a write error)."""
     report = ExtractReport(
         files=len(plan.inputs),
         files_read=len(plan.to_read),
@@ -214,18 +288,21 @@ def write_plan(
             report.errors.append(exc)
             plan.to_read = []
     single = len(plan.to_read) == 1 and method_for(plan.to_read[0]) == "direct"
-    if single and window.start_ns is None and window.end_ns is None:
+    in_order = (
+        not plan.nanosecond
+        and _ranges_in_order(plan)
+        and any(method_for(i) == "direct" and _whole(i, window) for i in plan.to_read)
+    )
+    if in_order:
         try:
-            if _dump_direct(plan.to_read[0], expression, plan, out):
-                report.packets = report.bytes = -1  # written by libpcap, not counted
+            if _write_in_order(
+                plan, expression, window, out, target=target, report=report, progress=progress
+            ):
                 return report
-        except pcapy.PcapError as exc:  # cut short: the dumper kept every whole packet
-            report.errors.append(pcap_error(plan.to_read[0].path, exc))
-            report.packets = report.bytes = -1
-            return report
-    from bulk.trace import pcap_header  # noqa: PLC0415
-
-    out.write(pcap_header(plan.linktype, plan.snaplen, plan.nanosecond))
+        finally:
+            progress.close()
+            out.flush()
+    out.write(pcap_header(plan))
     try:
         if single:
             _copy_direct(

@@ -75,7 +75,8 @@ def method_for(inp: Input) -> str:
     return "packets"
 
 
-def pcap_error(path: str, exc: Exception) -> TraceError:
+def pcap_error(path: str, exc: Exception | str) -> TraceError:
+    """libpcap's error message (a PcapError) as the trace's TraceError."""
     msg = str(exc)
     if "truncated" in msg:
         return TruncatedTrace(path, None, msg)
