@@ -10,6 +10,7 @@ analysis end to end. The two-VM ``fleet`` scenario runs only when asked for
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -34,6 +35,10 @@ def _molecule(scenario: str) -> subprocess.CompletedProcess[str]:
     if "qemu-system-x86_64" in missing:
         pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
     assert not missing, f"needed by the VM test but not installed: {', '.join(missing)}"
+    # The scenarios run on Mitogen's strategy (molecule/shared/strategy).
+    assert importlib.util.find_spec("ansible_mitogen") is not None, (
+        "mitogen is not installed: pip install -e '.[deploy]' (scripts/dev.sh does)"
+    )
     assert os.geteuid() == 0, "the VM test needs root (debootstrap, tap devices)"
     env = dict(os.environ)
     # molecule and ansible-playbook come from the same virtualenv as pytest.
