@@ -127,6 +127,16 @@ in_root apt-get -q update >"$work/apt.log" 2>&1 || { tail -n 20 "$work/apt.log" 
 in_root apt-get -q -y install --no-install-recommends linux-image-amd64 >>"$work/apt.log" 2>&1 ||
   { tail -n 20 "$work/apt.log" >&2; exit 1; }
 in_root apt-get clean
+# apt-get clean also drops apt's binary caches: made again here, or the first
+# apt task of the roles rebuilds them from the package lists (seconds under
+# emulation).
+in_root apt-cache gencaches >/dev/null
+
+# bulk_install's virtualenv, still empty, made as the role makes it
+# (python3 -m venv): its ensurepip step alone takes about 45 s under
+# emulation. The role still creates it where it is missing; it installs bulk
+# and the wheels of its dependencies into it either way.
+in_root python3 -m venv /opt/bulk
 
 # --- system configuration ---
 echo bulk-vm >"$rootfs/etc/hostname"
@@ -220,7 +230,7 @@ for m in sys proc; do umount "$rootfs/$m"; done
 mkdir -p "$work/out"
 cp -L "$rootfs/vmlinuz" "$work/out/vmlinuz"
 cp -L "$rootfs/initrd.img" "$work/out/initrd.img"
-rm -rf "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/log/*.log
+rm -rf "$rootfs"/var/log/*.log
 log "mke2fs -d ($(du -sh "$rootfs" | cut -f1))"
 mke2fs -q -t ext4 -L bulk-root -d "$rootfs" "$work/root.raw" "$root_size" >&2
 qemu-img convert -f raw -O qcow2 "$work/root.raw" "$work/out/root.qcow2"
