@@ -287,6 +287,8 @@ def test_capture_unit_runs_unprivileged_and_sandboxed(rendered: Any) -> None:
     assert set(service["CapabilityBoundingSet"].split()) == caps
     assert service["NoNewPrivileges"] == "yes"
     assert service["ProtectSystem"] == "strict"
+    # world-writable places ProtectSystem= leaves shared with the host
+    assert {"-/dev/shm", "-/dev/mqueue", "-/run/lock"} <= set(service["InaccessiblePaths"].split())
     writable = service["ReadWritePaths"].split()
     assert any(
         (expected["bulk_capture_dir"] + "/").startswith(p.rstrip("/") + "/") for p in writable
