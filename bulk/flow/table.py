@@ -760,6 +760,11 @@ class FlowTable:
                 a.on_flow_end(flow, st, reason)
         flow.states = []
         flow.active = 0
+        if flow.tcp is not None:
+            # Break the Flow <-> TcpConn cycle: an ended flow is freed by its
+            # reference count at once, not by the cyclic garbage collector
+            # (which otherwise ran ~7 times as often over a run's short flows).
+            flow.tcp.flow = None
         ended = self.stats.ended
         ended[reason] = ended.get(reason, 0) + 1
 
