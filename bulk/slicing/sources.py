@@ -376,7 +376,6 @@ class IndexedSource(Source):
         self.kind = f"{lay.kind}+{st.compression}-index"
         self.compression = st.compression
         self._read = max(0, file_size(st.path) - sum(f.comp_size for f in st.frames))
-        self._frames: dict[int, bytes] = {}
         # The earliest and latest packet (the same as the first and last for a
         # file in time order), so that an unordered file is never ruled out.
         lows = [f.min_ts for f in st.frames if f.packets and f.min_ts is not None]
@@ -389,7 +388,7 @@ class IndexedSource(Source):
         self.packets = 0
         self.fmt = None
         if lay.kind == "pcap":
-            fmt = parse_pcap_header(self._frame(0)[:FILE_HEADER_LEN]) if st.frames else None
+            fmt = parse_pcap_header(self._file_header()) if st.frames else None
             if fmt is None:
                 raise TraceError(self.path, 0, "compressed trace does not start with a pcap header")
             self.fmt = fmt
@@ -403,12 +402,23 @@ class IndexedSource(Source):
     def bytes_read(self) -> int:
         return self._read
 
-    def _frame(self, k: int) -> bytes:
-        data = self._frames.get(k)
-        if data is None:
-            data = _decode_frame(self.st, k, self._compressed(k))
-            self._frames = {k: data}  # keep one: frames are read in order
-        return data
+    def _file_header(self) -> bytes:
+        """The first bytes of frame 0, decoding no more of it than that: the
+        frame itself (4 MiB from bulk compress) is decoded only if the window
+        needs it, so opening a compressed trace costs a read, not a decode."""
+        import zlib  # noqa: PLC0415
+
+        import zstandard  # noqa: PLC0415
+
+        comp = self._compressed(0)
+        try:
+            if self.st.compression == "zstd":
+                with zstandard.ZstdDecompressor().stream_reader(comp) as reader:
+                    return reader.read(FILE_HEADER_LEN)
+            return zlib.decompressobj(31).decompress(comp, FILE_HEADER_LEN)
+        except (zstandard.ZstdError, zlib.error) as exc:
+            offset = self.st.frames[0].comp_offset
+            raise TraceError(self.path, offset, f"frame 0 corrupt: {exc}") from None
 
     def _compressed(self, k: int) -> bytes:
         comp = self.st.read_compressed(k)
@@ -426,10 +436,6 @@ class IndexedSource(Source):
         lo_ok = window.start_ns is None or f.min_ts >= window.start_ns
         return lo_ok and (window.end_ns is None or f.max_ts <= window.end_ns)
 
-    def _body(self, k: int) -> tuple[bytes, int]:
-        data = self._frame(k)
-        return data, (self.st.layout.header_len if k == 0 else 0)
-
     def _decoded(self, window: Window) -> Iterator[tuple[int, bytes, int]]:
         """(frame, bytes, offset of its first record) for the candidate frames, in
         order. Frames are read here and decompressed up to three ahead on two
@@ -437,10 +443,6 @@ class IndexedSource(Source):
         from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415
 
         ks = self._candidates(window)
-        if ks and ks[0] in self._frames:  # frame 0, decoded for the file header
-            data, pos = self._body(ks[0])
-            yield ks[0], data, pos
-            ks = ks[1:]
         if not ks:
             return
         with ThreadPoolExecutor(2, thread_name_prefix="bulk-slice") as pool:

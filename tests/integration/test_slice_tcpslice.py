@@ -16,6 +16,7 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -436,6 +437,40 @@ def test_bulk_compress_index_reads_only_the_frames_needed(
         finally:
             slicer.close_all(sources)
         assert report.bytes_read < comp.stat().st_size // 4, fmt
+        out = tmp_path / f"o-{fmt}.pcap"
+        out.write_bytes(buf.getvalue())
+        assert pcap_records(out) == naive(recs, window.start_ns, window.end_ns)
+
+
+def test_bulk_compressed_open_decodes_no_frame(
+    archive: tuple[Path, list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening reads the pcap header from the start of frame 0 without decoding
+    the frame; a window away from the start decodes only its own frames."""
+    from bulk.slicing import sources as sources_mod  # noqa: PLC0415
+
+    big, _parts = archive
+    recs = pcap_records(big)
+    decoded: list[int] = []
+    real = sources_mod._decode_frame
+
+    def counting(st_: Any, k: int, comp: bytes) -> bytes:
+        decoded.append(k)
+        return real(st_, k, comp)
+
+    monkeypatch.setattr(sources_mod, "_decode_frame", counting)
+    for fmt in ("zstd", "gzip"):
+        comp = bulk_compressed(big, tmp_path, fmt)
+        decoded.clear()
+        opened = slicer.open_sources([str(comp)])
+        try:
+            assert decoded == [], fmt
+            window = slicer.resolve(opened, raw(recs[6000][0]), "+2")
+            buf = io.BytesIO()
+            slicer.write_slice(opened, window, buf)
+        finally:
+            slicer.close_all(opened)
+        assert decoded and 0 not in decoded, fmt
         out = tmp_path / f"o-{fmt}.pcap"
         out.write_bytes(buf.getvalue())
         assert pcap_records(out) == naive(recs, window.start_ns, window.end_ns)
