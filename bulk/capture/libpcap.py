@@ -84,6 +84,16 @@ def _open() -> ctypes.CDLL | str:
     return lib
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fdopen.restype = ctypes.c_void_p
+    libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+    libc.fclose.restype = ctypes.c_int
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    return libc
+
+
 def load() -> ctypes.CDLL:
     """The library; CaptureError when it cannot be loaded."""
     lib = _open()
@@ -121,7 +131,7 @@ def _prototypes(lib: ctypes.CDLL) -> None:
         "pcap_snapshot": (c_int, [p]),
         "pcap_stats": (c_int, [p, ctypes.POINTER(_Stat)]),
         "pcap_dispatch": (c_int, [p, c_int, p, p]),
-        "pcap_dump_open": (p, [p, c_char_p]),
+        "pcap_dump_fopen": (p, [p, p]),
         "pcap_dump_ftell64": (ctypes.c_int64, [p]),
         "pcap_dump_flush": (c_int, [p]),
         "pcap_dump_close": (None, [p]),
@@ -236,10 +246,27 @@ class LiveHandle:
         return n
 
     def dump_open(self, path: str) -> Dumper:
+        """A dumper on ``path``, an empty file the capture has just created.
+
+        Opened without truncation (``pcap_dump_open`` would ``fopen(path,
+        "w")``): on ext4 truncating a file, even an empty one, arms "auto
+        da_alloc", and closing it after writing hundreds of MB then flushes
+        them all from inside the capture's close call (the rotation stalled
+        the capture and the ring overflowed)."""
         if self.ptr is None:
             raise PcapError("handle closed")
-        ptr = self._lib.pcap_dump_open(self.ptr, os.fsencode(path))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise PcapError(f"{path}: {exc.strerror}") from None
+        fp = _libc().fdopen(fd, b"wb")
+        if not fp:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise PcapError(f"{path}: {os.strerror(err)}")
+        ptr = self._lib.pcap_dump_fopen(self.ptr, fp)
         if not ptr:
+            _libc().fclose(fp)
             raise self._error()
         return Dumper(self._lib, ptr, path)
 
