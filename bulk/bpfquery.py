@@ -37,9 +37,7 @@ here over the index of that packet alone.
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 # -- requirements -----------------------------------------------------------------
@@ -55,23 +53,9 @@ class Facts(Protocol):
     def has_l3(self, kind: str) -> bool: ...
 
 
-@dataclass(frozen=True)
-class Requirement:
-    """Base class: a condition on a trace's facts. ``Always()`` requires nothing."""
+class Always(NamedTuple):
+    """Requires nothing."""
 
-    def holds(self, facts: Facts) -> bool:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def describe(self) -> str:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    @property
-    def is_trivial(self) -> bool:
-        return isinstance(self, Always)
-
-
-@dataclass(frozen=True)
-class Always(Requirement):
     def holds(self, facts: Facts) -> bool:
         return True
 
@@ -79,8 +63,7 @@ class Always(Requirement):
         return "nothing"
 
 
-@dataclass(frozen=True)
-class Addr4(Requirement):
+class Addr4(NamedTuple):
     value: int
     mask: int
 
@@ -88,18 +71,19 @@ class Addr4(Requirement):
         return facts.has_addr4(self.value, self.mask)
 
     def describe(self) -> str:
-        addr = socket.inet_ntop(socket.AF_INET, self.value.to_bytes(4, "big"))
+        from socket import AF_INET, inet_ntop  # noqa: PLC0415 - for -v only
+
+        addr = inet_ntop(AF_INET, self.value.to_bytes(4, "big"))
         if self.mask == 0xFFFFFFFF:
             return f"host {addr}"
         inv = ~self.mask & 0xFFFFFFFF
         if inv & (inv + 1) == 0:
             return f"net {addr}/{32 - inv.bit_length()}"
-        mask = socket.inet_ntop(socket.AF_INET, self.mask.to_bytes(4, "big"))
+        mask = inet_ntop(AF_INET, self.mask.to_bytes(4, "big"))
         return f"net {addr} mask {mask}"
 
 
-@dataclass(frozen=True)
-class Addr6(Requirement):
+class Addr6(NamedTuple):
     value: int
     prefixlen: int
 
@@ -107,12 +91,13 @@ class Addr6(Requirement):
         return facts.has_addr6(self.value, self.prefixlen)
 
     def describe(self) -> str:
-        addr = socket.inet_ntop(socket.AF_INET6, self.value.to_bytes(16, "big"))
+        from socket import AF_INET6, inet_ntop  # noqa: PLC0415 - for -v only
+
+        addr = inet_ntop(AF_INET6, self.value.to_bytes(16, "big"))
         return f"host {addr}" if self.prefixlen == 128 else f"net {addr}/{self.prefixlen}"
 
 
-@dataclass(frozen=True)
-class Port(Requirement):
+class Port(NamedTuple):
     lo: int
     hi: int
     protos: frozenset[int]
@@ -126,8 +111,7 @@ class Port(Requirement):
         return f"{names} port {span}"
 
 
-@dataclass(frozen=True)
-class Proto(Requirement):
+class Proto(NamedTuple):
     proto: int
 
     def holds(self, facts: Facts) -> bool:
@@ -137,8 +121,7 @@ class Proto(Requirement):
         return f"ip proto {self.proto}"
 
 
-@dataclass(frozen=True)
-class Layer3(Requirement):
+class Layer3(NamedTuple):
     kind: str  # "ip", "ip6", "arp", "rarp"
 
     def holds(self, facts: Facts) -> bool:
@@ -148,8 +131,7 @@ class Layer3(Requirement):
         return self.kind
 
 
-@dataclass(frozen=True)
-class AllOf(Requirement):
+class AllOf(NamedTuple):
     items: tuple[Requirement, ...]
 
     def holds(self, facts: Facts) -> bool:
@@ -159,8 +141,7 @@ class AllOf(Requirement):
         return "(" + " and ".join(item.describe() for item in self.items) + ")"
 
 
-@dataclass(frozen=True)
-class AnyOf(Requirement):
+class AnyOf(NamedTuple):
     items: tuple[Requirement, ...]
 
     def holds(self, facts: Facts) -> bool:
@@ -168,6 +149,11 @@ class AnyOf(Requirement):
 
     def describe(self) -> str:
         return "(" + " or ".join(item.describe() for item in self.items) + ")"
+
+
+# A condition on a trace's facts: immutable records (NamedTuples: a dataclass
+# import costs more start-up than a whole skipped archive), told apart by type.
+Requirement = Always | Addr4 | Addr6 | Port | Proto | Layer3 | AllOf | AnyOf
 
 
 ALWAYS = Always()
@@ -334,6 +320,8 @@ def tokenize(text: str) -> list[Token]:
 
 
 def _longest_v6(run: str) -> str | None:
+    import socket  # noqa: PLC0415 - IPv6 expressions only
+
     for end in range(len(run), 1, -1):
         cand = run[:end]
         if ":" not in cand:
@@ -734,6 +722,8 @@ def _leaf_hid6(q: Qual, text: str, prefixlen: int) -> Requirement:
         return ALWAYS
     if not 0 <= prefixlen <= 128:
         return ALWAYS
+    import socket  # noqa: PLC0415 - IPv6 expressions only
+
     try:
         value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
     except OSError:

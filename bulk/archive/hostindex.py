@@ -44,7 +44,6 @@ import os
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from bulk.errors import TraceError, TruncatedTrace
@@ -314,22 +313,28 @@ def _uint_array(blob: bytes, code: str) -> array.array[int]:
     return arr
 
 
-@dataclass
 class HostIndex:
-    """One trace's index: metadata plus the sorted arrays (implements bpfquery.Facts)."""
+    """One trace's index: metadata plus the sorted arrays (implements bpfquery.Facts).
 
-    meta: dict[str, Any]
-    addr4_blob: bytes = b""
-    addr6_blob: bytes = b""
-    port_blobs: dict[int, bytes] = field(default_factory=dict)
-    # The compression of the file the index was checked against by load_index_for
-    # (from its bytes when it is not the very file indexed: an index written
-    # before compression renamed the trace still says "compression": null).
-    trace_compression: str | None = None
+    A plain class, not a dataclass: loading indexes is on the start-up path of
+    ``bulk extract`` (the dataclasses module alone costs about 8 ms).
+    """
 
-    def __post_init__(self) -> None:
-        if self.trace_compression is None:
-            self.trace_compression = self.meta.get("compression")
+    def __init__(
+        self,
+        meta: dict[str, Any],
+        addr4_blob: bytes = b"",
+        addr6_blob: bytes = b"",
+        port_blobs: dict[int, bytes] | None = None,
+    ) -> None:
+        self.meta = meta
+        self.addr4_blob = addr4_blob
+        self.addr6_blob = addr6_blob
+        self.port_blobs = port_blobs if port_blobs is not None else {}
+        # The compression of the file the index was checked against by load_index_for
+        # (from its bytes when it is not the very file indexed: an index written
+        # before compression renamed the trace still says "compression": null).
+        self.trace_compression: str | None = meta.get("compression")
         self._addr4 = _uint_array(self.addr4_blob, "I")
         self._addr6 = _Fixed(self.addr6_blob, 16)
         self._ports = {p: _uint_array(b, "H") for p, b in self.port_blobs.items()}
@@ -483,18 +488,18 @@ def head_crc(path: str) -> tuple[str | None, int, int]:
         return stream.compression, zlib.crc32(head), len(head)
 
 
-@dataclass
 class _Walk:
     """Totals and time range of one pass over a trace."""
 
-    packets: int = 0
-    first: int = 0
-    last: int = 0
-    lo: int = 0
-    hi: int = 0
-    ordered: bool = True
-    error: str | None = None
-    complete: bool = True
+    def __init__(self) -> None:
+        self.packets = 0
+        self.first = 0
+        self.last = 0
+        self.lo = 0
+        self.hi = 0
+        self.ordered = True
+        self.error: str | None = None
+        self.complete = True
 
     def times(self, keys: Sequence[int], to_ns: Callable[[int], int]) -> None:
         """Fold a run of time keys (in file order, monotone in time) into the totals."""

@@ -24,7 +24,6 @@ import heapq
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import pcapy
@@ -50,16 +49,21 @@ _HEADER = struct.Struct("<IHHiIII")
 _TICK = 0x3FF
 
 
-@dataclass
 class ExtractReport:
-    files: int = 0
-    files_read: int = 0
-    skipped_by_index: int = 0
-    skipped_by_time: int = 0
-    packets: int = 0
-    bytes: int = 0
-    methods: dict[str, int] = field(default_factory=dict)
-    errors: list[TraceError] = field(default_factory=list)
+    """What a run did (packets and bytes are -1 when libpcap's dumper wrote them)."""
+
+    def __init__(
+        self, files: int = 0, files_read: int = 0, skipped_by_index: int = 0,
+        skipped_by_time: int = 0,
+    ) -> None:  # fmt: skip
+        self.files = files
+        self.files_read = files_read
+        self.skipped_by_index = skipped_by_index
+        self.skipped_by_time = skipped_by_time
+        self.packets = 0
+        self.bytes = 0
+        self.methods: dict[str, int] = {}
+        self.errors: list[TraceError] = []
 
 
 def _guarded(stream: Iterator[Match], errors: list[TraceError]) -> Iterator[Match]:

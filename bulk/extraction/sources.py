@@ -29,7 +29,6 @@ import json
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pcapy
@@ -56,13 +55,13 @@ Match = tuple[int, int, int, int, bytes]
 U32 = 0xFFFFFFFF
 
 
-@dataclass
 class Counters:
     """What reading did, shared with the progress display and the report."""
 
-    files_done: int = 0
-    bytes_done: int = 0
-    packets: int = 0
+    def __init__(self) -> None:
+        self.files_done = 0
+        self.bytes_done = 0
+        self.packets = 0
 
 
 def method_for(inp: Input) -> str:
