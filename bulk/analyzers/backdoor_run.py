@@ -148,21 +148,21 @@ def run(
 
 
 def _keys(flow: Flow) -> tuple[bytes, bytes]:
-    """The raw bytes 12..24 of an IPv4 header without options, both directions:
-    source and destination address, then (after a 20-byte header) the ports."""
+    """Source and destination address then the ports, as they lie in a packet of
+    each direction (IPv4 header bytes 12..24 without options; IPv6 bytes 8..44
+    with TCP right after the fixed header)."""
     o, r = flow.orig_addr, flow.resp_addr
     return (o + r + _PORTS.pack(flow.orig_p, flow.resp_p),
             r + o + _PORTS.pack(flow.resp_p, flow.orig_p))
 
 
 def _add_keys(decided: set[bytes], keys: dict[Flow, tuple[bytes, bytes]], flow: Flow) -> None:
-    if flow.ipver == 4:
-        keys[flow] = both = _keys(flow)
-        decided.update(both)
+    keys[flow] = both = _keys(flow)  # 12 bytes for IPv4, 36 for IPv6: never confused
+    decided.update(both)
 
 
 def _drop_keys(decided: set[bytes], keys: dict[Flow, tuple[bytes, bytes]], flow: Flow) -> None:
-    both = keys.pop(flow, None)  # None: never decided, or not IPv4
+    both = keys.pop(flow, None)  # None: never decided
     if both is not None:
         decided.discard(both[0])
         decided.discard(both[1])
@@ -273,6 +273,7 @@ def _fast_passes(
     linktype = reader.datalink()
     known = _L2_OFFSET.get(linktype)
     deliver = _deliverer(table, linktype, known, decided)
+    deliver6 = _deliverer(table, linktype, known, decided, version=6)
     if known is None:
         # The C classifier does not know this link type: every packet to Python.
         passes.append((bpf, _CLASS_OTHER | _CLASS_FLOW_HEAD, _NO_CUTOFF))
@@ -293,7 +294,8 @@ def _fast_passes(
         before = tstats.packets
         try:
             counts = reader.loop_filtered(
-                -1, deliver, admit_mask=mask, flow_cutoff=flow_cutoff, l2_offset=known or 0
+                -1, deliver if i == 0 else deliver6, admit_mask=mask, flow_cutoff=flow_cutoff,
+                l2_offset=known or 0,
             )
         except pcapy.PcapError as exc:
             errors.append(_trace_error(path, str(exc)))
@@ -307,22 +309,35 @@ def _fast_passes(
 
 
 def _deliverer(
-    table: FlowTable, linktype: int, l2: int | None, decided: set[bytes]
+    table: FlowTable, linktype: int, l2: int | None, decided: set[bytes], version: int = 4
 ) -> Callable[[pcapy.Pkthdr, bytes, int], None]:
-    """The per-packet callback of libpcap's passes: a head packet of a connection
+    """The per-packet callback of libpcap's passes: a packet of a connection
     the analyzer has decided is dropped by one set lookup on its raw address and
-    port bytes (IPv4 without options, not a SYN: a SYN may open a new connection
-    on the same ports), before anything is decoded; the rest is decoded and goes
+    port bytes, before anything is decoded (``version`` 4: IPv4 without
+    options; 6: IPv6 with TCP right after the fixed header; never a SYN: a SYN
+    may open a new connection on the same ports); the rest is decoded and goes
     to the flow table."""
     process = table.process_decoded
     tstats = table.stats
-    key_lo = (l2 or 0) + 12  # IPv4 source, destination, then the TCP ports
-    key_hi = key_lo + 12
-    vhl_at = l2 or 0
-    flags_at = vhl_at + 33  # TCP flags after a 20-byte IPv4 header
+    base = l2 or 0
+    if version == 4:
+        key_lo, key_hi = base + 12, base + 24  # source, destination, then the TCP ports
+        ver_at, ver_mask, ver_val = base, 0xFF, 0x45  # version 4, 20-byte header
+        proto_at = base  # (the heads filter and the table take TCP only: no check)
+        proto = 0x45
+        flags_at = base + 33  # TCP flags after a 20-byte IPv4 header
+        ethertype = b"\x08\x00"
+    else:
+        key_lo, key_hi = base + 8, base + 44
+        ver_at, ver_mask, ver_val = base, 0xF0, 0x60
+        proto_at = base + 6  # next header: TCP right after the fixed header
+        proto = 6
+        flags_at = base + 53  # TCP flags after the 40-byte IPv6 header
+        ethertype = b"\x86\xdd"
     et_lo = _ETHERTYPE_OFFSET.get(linktype, 0)
     et_hi = et_lo + 2 if linktype in _ETHERTYPE_OFFSET else et_lo
-    ipv4 = b"\x08\x00" if linktype in _ETHERTYPE_OFFSET else b""
+    if linktype not in _ETHERTYPE_OFFSET:
+        ethertype = b""  # raw IP: the version nibble decides
     if l2 is None:
         decided = set()  # link type unknown to us: no skipping
     # (A packet cut before its TCP flags has no SYN to keep.)
@@ -330,8 +345,9 @@ def _deliverer(
     def deliver(hdr: pcapy.Pkthdr, data: bytes, _cls: int) -> None:
         if (
             data[key_lo:key_hi] in decided
-            and data[vhl_at] == 0x45
-            and data[et_lo:et_hi] == ipv4
+            and data[ver_at] & ver_mask == ver_val
+            and data[proto_at] == proto
+            and data[et_lo:et_hi] == ethertype
             and data[flags_at : flags_at + 1] not in _WITH_SYN
         ):
             return  # a decided connection: nothing left to learn from it

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bulk.analyzers import backdoor_run
+from bulk.analyzers.backdoor import BackdoorConfig
 from bulk.cli import main
 from bulk.trace import PcapWriter
 from bulk.trace.packet import LINKTYPE_ETHERNET
@@ -21,23 +23,32 @@ def _findings(capsys: pytest.CaptureFixture[str], path: Path, *extra: str) -> li
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
-def test_port_reuse_after_a_decided_connection(tmp_path: Path, capsys) -> None:
-    # HTTP on 5555, decided after its first bytes; 30 s later the same client
-    # port opens a new connection (new SYN, new ISN) that speaks SSH. Its SYN
-    # must not be skipped as a head packet of the decided connection.
+@pytest.mark.parametrize(("client", "server"), [("10.0.0.1", "10.0.0.2"),
+                                              ("2001:db8::1", "2001:db8::2")])
+def test_port_reuse_after_a_decided_connection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], client: str, server: str
+) -> None:
+    # HTTP on 5555, decided after its first bytes, then more of its body (dropped
+    # before decoding); 30 s later the same client port opens a new connection
+    # (new SYN, new ISN) that speaks SSH. Its SYN must not be skipped as a
+    # packet of the decided connection. IPv4 (libpcap's first pass) and IPv6
+    # (the second).
     path = tmp_path / "reuse.pcap"
     with path.open("wb") as fh:
         w = PcapWriter(fh, LINKTYPE_ETHERNET)
-        http = Conn(sp=5555, cisn=1000, sisn=5000)
+        http = Conn(c=client, s=server, sp=5555, cisn=1000, sisn=5000)
         for p in http.handshake():
             w.write(p)
         req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
         resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
         w.write(http.c2s(0, req))
         w.write(http.s2c(0, resp))
+        body = b"x" * 100
+        for i in range(5):
+            w.write(http.s2c(len(resp) + i * len(body), body))
         w.write(http.c2s(len(req), b"", ACK | FIN))
-        w.write(http.s2c(len(resp), b"", ACK | FIN))
-        ssh = Conn(sp=5555, cisn=900_000, sisn=700_000)
+        w.write(http.s2c(len(resp) + 5 * len(body), b"", ACK | FIN))
+        ssh = Conn(c=client, s=server, sp=5555, cisn=900_000, sisn=700_000)
         ssh.ts = http.ts + 30 * NS
         for p in ssh.handshake():
             w.write(p)
@@ -48,3 +59,6 @@ def test_port_reuse_after_a_decided_connection(tmp_path: Path, capsys) -> None:
     generic = _findings(capsys, path, "--no-fast")
     assert sorted(f["service"] for f in generic) == ["http", "ssh"]
     assert sorted(fast, key=lambda f: f["ts"]) == sorted(generic, key=lambda f: f["ts"])
+    stats = backdoor_run.run([str(path)], BackdoorConfig(), lambda f: None)
+    assert stats.path == "fast"
+    assert stats.packets_skipped >= 6  # the rest of the HTTP body and its FINs
