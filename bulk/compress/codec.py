@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import BinaryIO
 
 from bulk.errors import ArchiveError, TraceError
 from bulk.trace.framing import DEFAULT_FRAME_SIZE, Layout, count_packets, split_frames
-from bulk.trace.seekable import FrameIndex, SeekableTrace, SeekableWriter
+from bulk.trace.seekable import FrameIndex, FrameMismatch, SeekableTrace, SeekableWriter
 
 FORMATS = {"zstd": ".zst", "gzip": ".gz"}
 
@@ -33,19 +35,76 @@ class Compressed:
 
 
 def compress_stream(
-    src: BinaryIO, out: BinaryIO, settings: CompressSettings, path: str = ""
+    src: BinaryIO,
+    out: BinaryIO,
+    settings: CompressSettings,
+    path: str = "",
+    verify_frames: bool = False,
 ) -> Compressed:
-    """Read an uncompressed trace from ``src`` and write the seekable file to ``out``."""
+    """Read an uncompressed trace from ``src`` and write the seekable file to ``out``.
+
+    With ``verify_frames``, every frame is read back from ``out`` as soon as it is
+    written and must decompress to exactly the original bytes (see
+    :class:`~bulk.trace.seekable.SeekableWriter`); a difference raises
+    ArchiveError. The reading of ``src``, the compression of the next frames and
+    the check of the last ones overlap, so verifying costs one decompression per
+    frame and no second pass over the original."""
+    tune_malloc()
     splitter = split_frames(src, settings.frame_size, path)
-    writer = SeekableWriter(out, settings.fmt, settings.level, settings.threads)
+    writer = SeekableWriter(out, settings.fmt, settings.level, settings.threads, verify_frames)
     try:
         for chunk in splitter:
             writer.add(chunk.data, chunk.stats)
+        index = writer.finish(splitter.layout, splitter.damage is not None)
+    except FrameMismatch as exc:
+        writer.abort()
+        raise ArchiveError(f"{path or 'the compressed copy'}: verification failed: {exc}") from None
     except BaseException:
         writer.abort()
         raise
-    index = writer.finish(splitter.layout, splitter.damage is not None)
     return Compressed(index, splitter.size, splitter.packets, writer.written, splitter.damage)
+
+
+def check_index(path: str, expected: Compressed) -> None:
+    """The index read back from the file ``path`` is the one written, and it accounts
+    for the whole original (its size and packet count). Raises ArchiveError."""
+    try:
+        with SeekableTrace.open(path) as st:
+            idx = st.index
+    except TraceError as exc:
+        raise ArchiveError(f"verification failed: {exc}") from None
+    if idx != expected.index:
+        raise ArchiveError(f"{path}: the index read back differs from the one written")
+    if idx.packets != expected.packets or idx.size != expected.size:
+        raise ArchiveError(
+            f"{path}: the index says {idx.packets} packets in {idx.size} bytes; "
+            f"the original has {expected.packets} in {expected.size}"
+        )
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+@lru_cache(maxsize=1)
+def tune_malloc() -> None:
+    """Keep freed frame buffers (4-5 MiB each) in the heap for the next frame.
+
+    glibc serves blocks that large with mmap at first and gives them back on
+    free, so every frame's buffers would be fresh pages, each zeroed on its
+    first touch: measured on 500 MB, 0.4-0.45 s of system CPU of 3.3 s for the
+    whole command (docs/BENCHMARKS.md, "bulk compress"). The same settings as
+    ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``; nothing else changes
+    (the memory held is the frames in flight). No-op outside glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    mallopt(_M_MMAP_THRESHOLD, 64 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 256 << 20)
 
 
 def compress_file(src_path: str, out: BinaryIO, settings: CompressSettings) -> Compressed:

@@ -2,8 +2,10 @@
 finishes or undoes one cut short.
 
 For ``X.pcap`` the steps are: write ``.X.pcap.zst.partial`` (hidden, never a
-trace name), fsync it, verify it against the original (index, sizes, packet
-counts, CRC-32 of the decompressed bytes), give it the original's times and
+trace name), verifying every frame as it is written (read back from the file,
+decompressed with the format's own checksum, compared byte for byte with the
+original bytes it was made from), fsync it, check the index read back (sizes,
+packet counts) and that the original did not change, give it the original's times and
 mode, link it to ``X.pcap.zst`` (never overwriting) and drop the temporary
 name, fsync the directory, record it in the catalogue, move side files, then
 delete ``X.pcap`` and fsync the directory again. A crash at any point leaves
@@ -36,6 +38,7 @@ from bulk.archive.naming import STATE_DIRNAME
 from bulk.compress.codec import (
     FORMATS,
     CompressSettings,
+    check_index,
     compress_stream,
     fsync_dir,
     verify,
@@ -275,12 +278,15 @@ def compress_one(src: str, settings: CompressSettings, archive: Archive) -> Outc
             raise ArchiveError(f"{src}: in use by another process (locked); skipped") from None
         st = os.fstat(f.fileno())
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, st.st_mode & 0o777)
+            # read-write: every frame is read back and verified as it is written
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, st.st_mode & 0o777)
         except FileExistsError:
             raise ArchiveError(f"{tmp}: exists (another compress?); skipped {src}") from None
         try:
             with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-                result = compress_stream(f, out, settings, src)
+                # Every frame is verified as it is written (read back, decompressed,
+                # compared with the original's bytes), overlapped with compression.
+                result = compress_stream(f, out, settings, src, verify_frames=True)
                 out.flush()
                 crash_point("after-write")
                 if os.geteuid() == 0:
@@ -293,8 +299,7 @@ def compress_one(src: str, settings: CompressSettings, archive: Archive) -> Outc
                 result.size != st.st_size
             ):
                 raise ArchiveError(f"{src}: changed while being compressed; left as it is")
-            f.seek(0)
-            verify(tmp, f, result, settings.threads)
+            check_index(tmp, result)
             crash_point("after-verify")
             os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
             _link_no_replace(tmp, final)

@@ -183,6 +183,34 @@ def _ts_in(ts: int) -> int | None:
     return None if ts == NO_TS else ts
 
 
+def decompress_frame(compression: str, comp: bytes, size: int) -> bytes:
+    """One frame's ``size`` decompressed bytes; ValueError if the frame is corrupt or
+    does not hold exactly ``size`` bytes (the decoder checks the frame's own checksum:
+    zstd's XXH64, gzip's CRC-32).
+
+    Never more output than ``size``: a corrupt (or hostile) frame header declaring
+    gigabytes must not make us allocate them."""
+    try:
+        if compression == "zstd":
+            declared = zstandard.frame_content_size(comp)
+            if declared not in (size, -1):
+                raise ValueError(f"its header declares {declared} bytes, the index {size}")
+            data: bytes = zstandard.ZstdDecompressor().decompress(comp, max_output_size=size)
+        else:
+            d = zlib.decompressobj(31)
+            data = d.decompress(comp, size + 1)
+            if len(data) > size or d.unconsumed_tail:
+                raise ValueError(f"member holds more than the index's {size} bytes")
+            data += d.flush()
+            if not d.eof or d.unused_data:
+                raise ValueError("member does not end where the index says")
+    except (zstandard.ZstdError, zlib.error) as exc:
+        raise ValueError(str(exc)) from None
+    if len(data) != size:
+        raise ValueError(f"holds {len(data)} bytes, the index says {size}")
+    return data
+
+
 # -- writing -----------------------------------------------------------------------------
 
 
@@ -197,9 +225,23 @@ class SeekableWriter:
     ``add(data, stats)`` per frame (each on record boundaries), then
     ``finish(layout, damaged)`` writes the index and returns it. The
     caller owns ``out`` (flush, fsync, close).
+
+    With ``verify``, every frame is checked as soon as it is written, by the same
+    workers while the next frames compress: its compressed bytes are read back
+    from ``out`` (``pread`` on its file descriptor; from memory if it has none),
+    decompressed (the decoder checks the frame's own checksum) and compared byte
+    for byte with the original bytes still in memory. A difference raises
+    :class:`FrameMismatch` from ``add`` or ``finish``.
     """
 
-    def __init__(self, out: BinaryIO, fmt: str = "zstd", level: int = 3, threads: int = 2) -> None:
+    def __init__(
+        self,
+        out: BinaryIO,
+        fmt: str = "zstd",
+        level: int = 3,
+        threads: int = 2,
+        verify: bool = False,
+    ) -> None:
         if fmt not in ("zstd", "gzip"):
             raise ValueError(f"unknown format {fmt}")
         self._out = out
@@ -208,7 +250,17 @@ class SeekableWriter:
         self._zstd = FrameCompressor(level) if fmt == "zstd" else None
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bulk-compress")
         self._depth = 4 * max(1, threads) + 2  # frames in flight: workers keep busy
-        self._pending: deque[tuple[Future[bytes], int, FrameStats]] = deque()
+        self._pending: deque[tuple[Future[bytes], bytes, FrameStats]] = deque()
+        self._checks: deque[Future[None]] = deque()
+        self._verify = verify
+        self._fd = -1
+        self._base = 0
+        if verify:
+            try:
+                self._fd = out.fileno()
+                self._base = out.tell()
+            except (AttributeError, OSError, ValueError):
+                self._fd = -1  # an in-memory stream: check the bytes written
         self._frames: list[Frame] = []
         self._seek: list[tuple[int, int, int]] = []
         self._comp = 0
@@ -222,14 +274,25 @@ class SeekableWriter:
             fut = self._pool.submit(self._zstd.compress, data)
         else:
             fut = self._pool.submit(_gzip_member, self.level, data)
-        self._pending.append((fut, len(data), stats))
+        self._pending.append((fut, data, stats))
         while len(self._pending) > self._depth:
             self._drain_one()
+        while len(self._checks) > self._depth:
+            self._checks.popleft().result()
 
     def _drain_one(self) -> None:
-        fut, dsize, st = self._pending.popleft()
+        fut, data, st = self._pending.popleft()
         comp = fut.result()
+        dsize = len(data)
         self._out.write(comp)
+        if self._verify:
+            if self._fd >= 0:
+                self._out.flush()
+            self._checks.append(
+                self._pool.submit(
+                    self._check, len(self._frames), self._comp, self._decomp, comp, data
+                )
+            )
         self._frames.append(
             Frame(
                 self._comp,
@@ -248,10 +311,32 @@ class SeekableWriter:
         self._comp += len(comp)
         self._decomp += dsize
 
+    def _check(self, k: int, offset: int, decomp_offset: int, comp: bytes, data: bytes) -> None:
+        """Frame ``k`` as written decompresses to exactly ``data`` (see the class text).
+
+        Equal bytes are equal packets: the packet counts and times of the index
+        were taken from these very bytes, so no separate packet walk is needed."""
+        back = comp
+        if self._fd >= 0:
+            back = os.pread(self._fd, len(comp), self._base + offset)
+            if len(back) != len(comp):
+                raise FrameMismatch(f"frame {k}: {len(back)} of {len(comp)} bytes read back")
+        try:
+            plain = decompress_frame(self.fmt, back, len(data))
+        except ValueError as exc:
+            raise FrameMismatch(f"frame {k} does not decompress: {exc}") from None
+        if plain != data:
+            raise FrameMismatch(
+                f"frame {k} decompresses to bytes that differ from the original's "
+                f"bytes {decomp_offset}..{decomp_offset + len(data)}"
+            )
+
     def finish(self, layout: Layout, damaged: bool) -> FrameIndex:
         try:
             while self._pending:
                 self._drain_one()
+            while self._checks:
+                self._checks.popleft().result()
         finally:
             self._shutdown()
         index = FrameIndex(
@@ -277,6 +362,10 @@ class SeekableWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._zstd is not None:
             self._zstd.close()
+
+
+class FrameMismatch(ValueError):
+    """A frame just written does not read back as the bytes it was made from."""
 
 
 def _zstd_trailer(payload: bytes, seek: list[tuple[int, int, int]]) -> bytes:
@@ -370,34 +459,10 @@ class SeekableTrace:
             raise TraceError(
                 self.path, fr.comp_offset, f"frame {i}: the index says {fr.decomp_size} bytes"
             )
-        # Never more output than the index announces: a corrupt (or hostile)
-        # frame header declaring gigabytes must not make us allocate them.
         try:
-            if self.compression == "zstd":
-                declared = zstandard.frame_content_size(comp)
-                if declared not in (fr.decomp_size, -1):
-                    raise zstandard.ZstdError(
-                        f"its header declares {declared} bytes, the index {fr.decomp_size}"
-                    )
-                data: bytes = zstandard.ZstdDecompressor().decompress(
-                    comp, max_output_size=fr.decomp_size
-                )
-            else:
-                d = zlib.decompressobj(31)
-                data = d.decompress(comp, fr.decomp_size + 1)
-                if len(data) > fr.decomp_size or d.unconsumed_tail:
-                    raise zlib.error(f"member holds more than the index's {fr.decomp_size} bytes")
-                data += d.flush()
-                if not d.eof or d.unused_data:
-                    raise zlib.error("member does not end where the index says")
-        except (zstandard.ZstdError, zlib.error) as exc:
+            data = decompress_frame(self.compression, comp, fr.decomp_size)
+        except ValueError as exc:
             raise TraceError(self.path, fr.comp_offset, f"frame {i} corrupt: {exc}") from None
-        if len(data) != fr.decomp_size:
-            raise TraceError(
-                self.path,
-                fr.comp_offset,
-                f"frame {i} holds {len(data)} bytes, the index says {fr.decomp_size}",
-            )
         return data
 
     def iter_frames(self, i: int = 0, j: int | None = None, threads: int = 1) -> Iterator[bytes]:
