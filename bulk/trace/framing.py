@@ -141,62 +141,98 @@ class FrameSplitter:
     # -- pcap: the hot path -------------------------------------------------------
 
     def _pcap(self) -> Iterator[Chunk]:
+        """Walk pcap records, one frame at a time.
+
+        The buffer is filled to ``margin`` bytes past the frame's cut mark before
+        the walk, so a record starting before the mark ends inside the buffer:
+        the inner loop then checks nothing but the captured length (about half
+        the work of a bounds-checked walk). Near the end of the file a careful
+        walk, with bounds checks, finishes the frame.
+        """
         lay = self.layout
         read = self._f.read
         size = self.frame_size
-        block = max(size, 1 << 20)
-        unpack = struct.Struct(lay.endian + "IIII").unpack_from
-        mult = 1 if lay.nanosecond else 1000
+        unpack = struct.Struct(lay.endian + "III").unpack_from  # sec, frac, caplen
+        # Times are compared as sec * per_s + frac: the time in ns divided by mult,
+        # exactly (also for a damaged record's fraction >= per_s).
+        per_s, mult = (1_000_000_000, 1) if lay.nanosecond else (1_000_000, 1000)
         maxcap = max(lay.snaplen, MAX_SNAPLEN)
-        data = self._head + read(block)
+        margin = 16 + maxcap  # a whole record that starts before a mark ends before mark + margin
+        data = self._head
+        eof = False
         start = 0  # frame start in data
         pos = 24  # next record in data
-        n = 0
-        first = last = lo = hi = 0
         while True:
+            # The frame ends at the first record boundary at or after cut (and holds at
+            # least one record: the first frame also holds the file header).
+            cut = max(start + size, pos + 1)
+            if not eof and len(data) < cut + margin:
+                parts = [data[start:] if start else data]
+                pos -= start
+                cut -= start
+                start = 0
+                have = len(parts[0])
+                while have < cut + margin:
+                    more = read(max(1 << 20, cut + margin - have))
+                    if not more:
+                        eof = True
+                        break
+                    parts.append(more)
+                    have += len(more)
+                data = b"".join(parts)
             end = len(data)
-            while pos + 16 <= end:
-                sec, frac, caplen, _wire = unpack(data, pos)
-                nxt = pos + 16 + caplen
-                if nxt > end:
-                    break
+            n = 0
+            first = lo = hi = key = 0
+            if pos + 16 <= end:
+                sec, frac, caplen = unpack(data, pos)
+                first = lo = hi = key = sec * per_s + frac
+            safe = min(cut, end - margin)
+            while pos < safe:
+                sec, frac, caplen = unpack(data, pos)
                 if caplen > maxcap:
+                    break
+                key = sec * per_s + frac
+                if key < lo:
+                    lo = key
+                elif key > hi:
+                    hi = key
+                pos += 16 + caplen
+                n += 1
+            else:
+                while pos < cut and pos + 16 <= end:
+                    sec, frac, caplen = unpack(data, pos)
+                    nxt = pos + 16 + caplen
+                    if nxt > end or caplen > maxcap:
+                        break
+                    key = sec * per_s + frac
+                    if key < lo:
+                        lo = key
+                    elif key > hi:
+                        hi = key
+                    pos = nxt
+                    n += 1
+            stats = _stats(n, first * mult, key * mult, lo * mult, hi * mult)
+            if pos >= cut:
+                yield Chunk(data[start:pos], stats)
+                start = pos
+                continue
+            # The walk ends before the mark: the end of the file, or damage.
+            if pos + 16 <= end:
+                caplen = unpack(data, pos)[2]
+                if (caplen > maxcap and pos + 16 + caplen <= end) or not eof:
                     self.damage = (
                         f"corrupt record at byte {self.size + pos - start}: "
                         f"captured length {caplen} exceeds the maximum {maxcap}"
                     )
-                    break
-                ts = sec * 1_000_000_000 + frac * mult
-                if n:
-                    if ts < lo:
-                        lo = ts
-                    elif ts > hi:
-                        hi = ts
-                else:
-                    first = lo = hi = ts
-                last = ts
-                n += 1
-                pos = nxt
-                if nxt - start >= size:
-                    yield Chunk(data[start:nxt], _stats(n, first, last, lo, hi))
-                    start = nxt
-                    n = 0
-            if self.damage is not None:
-                break
-            more = read(block)
-            if not more:
-                break
-            data = data[start:] + more
-            pos -= start
-            start = 0
-        if pos < len(data) and self.damage is None:
-            self.damage = (
-                f"truncated: {len(data) - pos} bytes after the last whole record "
-                f"(byte {self.size + pos - start})"
-            )
-        if n or pos > start:
-            yield Chunk(data[start:pos], _stats(n, first, last, lo, hi))
-        yield from self._tail(data[pos:])
+            if pos < end and self.damage is None:
+                self.damage = (
+                    f"truncated: {end - pos} bytes after the last whole record "
+                    f"(byte {self.size + pos - start})"
+                )
+            if n or pos > start:
+                yield Chunk(data[start:pos], stats)
+            yield from self._tail(data[pos:])
+            return
 
     # -- pcapng: block walk ------------------------------------------------------
 
