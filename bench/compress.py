@@ -13,8 +13,9 @@ printed with the ratio bulk / reference (below 1.0: bulk is faster).
 
 `bulk compress` is timed as the operator runs it (a fresh archive directory
 holding a hard link to the input, so nothing is copied): start-up, compression
-into seekable frames with a frame index, fsync, verification (every frame
-decompressed and CRC-checked, packets walked), rename, delete. The zstd
+into seekable frames with a frame index, verification of every frame as it is
+written (read back, decompressed with its checksum, compared with the original
+bytes), fsync, index read back, rename, delete. The zstd
 reference is timed alone and followed by `sync FILE` (the fsync that crash
 safety needs), both printed. A breakdown of bulk's phases comes from the
 library in-process.
@@ -37,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bulk.compress.codec import CompressSettings, compress_file, verify  # noqa: E402
+from bulk.compress.codec import CompressSettings, check_index, compress_file  # noqa: E402
+from bulk.trace.framing import split_frames  # noqa: E402
 from tests.compress_data import make_pcap  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
@@ -67,6 +69,14 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--level", type=int, default=3)
     ap.add_argument("--random-payload", type=float, default=0.6)
+    ap.add_argument(
+        "--small-files",
+        type=int,
+        default=40,
+        metavar="N",
+        help="also cut the input into N traces (on frame boundaries) and compress them "
+        "as one archive, against zstd on the same files (0: skip)",
+    )
     args = ap.parse_args()
     for tool in ("zstd", "gzip", "sync"):
         if shutil.which(tool) is None:
@@ -97,28 +107,87 @@ def main() -> int:
         out = arch / ("trace.pcap" + (".zst" if fmt == "zstd" else ".gz"))
         note(f"bulk compress --format {fmt} --level {level}", wall, cpu, out.stat().st_size)
 
+    small_dir = OUT / "compress-small"
+    small: list[Path] = []
+    if args.small_files:
+        shutil.rmtree(small_dir, ignore_errors=True)
+        small_dir.mkdir()
+        with open(src, "rb") as f:
+            splitter = split_frames(f, size // args.small_files + 1)
+            header = b""
+            for k, chunk in enumerate(splitter):
+                if k == 0:
+                    header = chunk.data[:24]
+                    data = chunk.data
+                else:
+                    data = header + chunk.data
+                p = small_dir / f"t{k:03d}.pcap"
+                p.write_bytes(data)
+                small.append(p)
+
+    def small_runs() -> None:
+        outs = [Path(str(p) + ".zst") for p in small]
+        for p in outs:
+            p.unlink(missing_ok=True)
+        wall, cpu = timed(["zstd", "-q", f"-{args.level}", "-T2", *map(str, small)])
+        note(
+            f"zstd -{args.level} -T2, {len(small)} files",
+            wall,
+            cpu,
+            sum(p.stat().st_size for p in outs),
+        )
+        for p in outs:
+            p.unlink()
+        shutil.rmtree(arch, ignore_errors=True)
+        arch.mkdir()
+        for p in small:
+            os.link(p, arch / p.name)
+        wall, cpu = timed([*BULK, "compress", "--dir", str(arch), "--level", str(args.level)])
+        note(
+            f"bulk compress, {len(small)} files",
+            wall,
+            cpu,
+            sum(p.stat().st_size for p in arch.glob("*.zst")),
+        )
+
     for run in range(args.runs):
-        print(f"run {run + 1}/{args.runs}", flush=True)
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"run {run + 1}/{args.runs} (load average {load})", flush=True)
         wall, cpu = timed(["zstd", "-q", f"-{args.level}", "-T2", "-f", str(src), "-o", str(zout)])
         note(f"zstd -{args.level} -T2", wall, cpu, zout.stat().st_size)
         wall2, cpu2 = timed(["sync", str(zout)])
         note(f"zstd -{args.level} -T2 + sync FILE", wall + wall2, cpu + cpu2, zout.stat().st_size)
         bulk_run("zstd", args.level)
+        if small:
+            small_runs()
         if run == 0:  # gzip is ten times slower: once is enough
             wall, cpu = timed(["gzip", "-6", "-c", str(src)], stdout=gout)
             note("gzip -6", wall, cpu, gout.stat().st_size)
             bulk_run("gzip", 6)
 
-    # Phases of bulk, in-process (library calls, no start-up, no rename).
+    # Phases of bulk, in-process (library calls, no start-up, no rename): the
+    # frames alone, then with their verification, then fsync and the index check.
     settings = CompressSettings("zstd", args.level, threads=2)
     phases = OUT / "phases.pcap.zst"
     t0 = time.perf_counter()
+    with open(src, "rb") as f:
+        splitter = split_frames(f, settings.frame_size)
+        for _chunk in splitter:
+            pass
+    walk = time.perf_counter() - t0
+    t0 = time.perf_counter()
     with open(phases, "wb") as f:
-        c = compress_file(str(src), f, settings)
+        compress_file(str(src), f, settings)
+    plain = time.perf_counter() - t0
+    phases.unlink()
+    t0 = time.perf_counter()
+    with os.fdopen(os.open(phases, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), "wb") as f:
+        c = compress_file(str(src), f, settings, verify_frames=True)
+        f.flush()
         t1 = time.perf_counter()
         os.fsync(f.fileno())
     t2 = time.perf_counter()
-    verify(str(phases), str(src), c)
+    check_index(str(phases), c)
     t3 = time.perf_counter()
     os.unlink(phases)
 
@@ -131,14 +200,25 @@ def main() -> int:
     bz = best[f"bulk compress --format zstd --level {args.level}"][0]
     gz = best["gzip -6"][0]
     bg = best["bulk compress --format gzip --level 6"][0]
-    print(f"\nbulk zstd / zstd -T2:          {bz / zs:.2f}x time")
+    zcpu = best[f"zstd -{args.level} -T2"][1]
+    bcpu = best[f"bulk compress --format zstd --level {args.level}"][1]
+    print(f"\nbulk zstd / zstd -T2:          {bz / zs:.2f}x time, {bcpu / zcpu:.2f}x CPU")
     print(f"bulk zstd / (zstd -T2 + sync): {bz / zsync:.2f}x time")
     print(f"bulk gzip / gzip -6:           {bg / gz:.2f}x time")
+    if small:
+        zsm = best[f"zstd -{args.level} -T2, {len(small)} files"]
+        bsm = best[f"bulk compress, {len(small)} files"]
+        print(
+            f"{len(small)} files: bulk / zstd -T2:   {bsm[0] / zsm[0]:.2f}x time, "
+            f"{bsm[1] / zsm[1]:.2f}x CPU"
+        )
     print(
-        f"bulk phases (in-process): compress+index {t1 - t0:.2f} s, fsync {t2 - t1:.2f} s, "
-        f"verify {t3 - t2:.2f} s"
+        f"bulk phases (in-process): record walk alone {walk:.2f} s; frames+index {plain:.2f} s; "
+        f"frames+index+verification {t1 - t0:.2f} s, fsync {t2 - t1:.2f} s, "
+        f"index check {t3 - t2:.3f} s"
     )
     shutil.rmtree(arch, ignore_errors=True)
+    shutil.rmtree(small_dir, ignore_errors=True)
     for p in (zout, gout):
         p.unlink(missing_ok=True)
     return 0

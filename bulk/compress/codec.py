@@ -107,9 +107,11 @@ def tune_malloc() -> None:
     mallopt(_M_TRIM_THRESHOLD, 256 << 20)
 
 
-def compress_file(src_path: str, out: BinaryIO, settings: CompressSettings) -> Compressed:
+def compress_file(
+    src_path: str, out: BinaryIO, settings: CompressSettings, verify_frames: bool = False
+) -> Compressed:
     with open(src_path, "rb") as src:
-        return compress_stream(src, out, settings, src_path)
+        return compress_stream(src, out, settings, src_path, verify_frames)
 
 
 def verify(

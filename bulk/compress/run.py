@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,14 +27,19 @@ from bulk.compress.safe import (
     Archive,
     Log,
     Outcome,
+    Written,
     can_compress,
-    compress_one,
     delete_trace,
+    finish_one,
     is_busy,
     lock_run,
     sweep,
+    write_verified,
 )
 from bulk.errors import ArchiveError, TraceError, UsageError
+
+# Files written at once (see _run_locked).
+PARALLEL_FILES = 2
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,44 @@ def _short_of_space(path: str) -> str | None:
     )
 
 
+def _room_beside(path: str, copies: int) -> bool:
+    """Room for ``copies`` bytes of compressed copies beside ``path`` (see _short_of_space)."""
+    st = os.statvfs(os.path.dirname(path) or ".")
+    reserve = min(64 << 20, st.f_blocks * st.f_frsize // 100)
+    return st.f_bavail * st.f_frsize >= copies + reserve
+
+
+def _finish_next(
+    in_flight: deque[tuple[str, int, Future[Written]]],
+    report: RunReport,
+    archive: Archive,
+    log: Log,
+) -> None:
+    """Wait for the oldest file being written; record it and delete its original."""
+    path, _size, fut = in_flight.popleft()
+    try:
+        out = finish_one(fut.result(), archive)
+    except TraceError as exc:
+        report.skipped.append((path, str(exc)))
+        log(f"skipped {path}: not compressed: {exc}")
+        return
+    except (ArchiveError, OSError) as exc:
+        reason = str(exc)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            reason = f"no space left for the compressed copy ({exc.strerror})"
+        report.failed.append((path, reason))
+        log(f"FAILED to compress {path}: {reason}; the original is kept")
+        return
+    report.compressed.append(out)
+    ratio = out.size / out.comp_size if out.comp_size else 0.0
+    note = f"; WARNING: {out.damage} (kept as is)" if out.damage else ""
+    log(
+        f"compressed {out.src} -> {os.path.basename(out.dst)}: {format_size(out.size)} -> "
+        f"{format_size(out.comp_size)} (ratio {ratio:.2f}), {out.packets} packets, "
+        f"{out.frames} frames, {out.seconds:.1f} s{note}"
+    )
+
+
 def run(options: RunOptions, log: Log) -> RunReport:
     directory = options.directory
     if not os.path.isdir(directory):
@@ -168,46 +213,42 @@ def _run_locked(options: RunOptions, report: RunReport, archive: Archive, log: L
     report.swept = sweep(directory, archive, log, dry_run=dry)
 
     settings = options.settings
-    for path in select(directory, settings.fmt, options.older_than_s, time.time()):
-        pending = archive.still_cataloguing(path)
-        if pending:
-            report.skipped.append((path, pending))
-            log(f"skipped {path}: {pending}")
-            continue
-        if dry:
-            report.would_compress.append(path)
-            log(f"would compress {path} ({format_size(os.path.getsize(path))})")
-            continue
-        if is_busy(path):
-            report.skipped.append((path, "locked by another process"))
-            log(f"skipped {path}: locked by another process")
-            continue
-        short = _short_of_space(path)
-        if short:
-            report.failed.append((path, short))
-            log(f"FAILED to compress {path}: {short}; the original is kept")
-            continue
-        try:
-            out = compress_one(path, settings, archive)
-        except TraceError as exc:
-            report.skipped.append((path, str(exc)))
-            log(f"skipped {path}: not compressed: {exc}")
-            continue
-        except (ArchiveError, OSError) as exc:
-            reason = str(exc)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                reason = f"no space left for the compressed copy ({exc.strerror})"
-            report.failed.append((path, reason))
-            log(f"FAILED to compress {path}: {reason}; the original is kept")
-            continue
-        report.compressed.append(out)
-        ratio = out.size / out.comp_size if out.comp_size else 0.0
-        note = f"; WARNING: {out.damage} (kept as is)" if out.damage else ""
-        log(
-            f"compressed {out.src} -> {os.path.basename(out.dst)}: {format_size(out.size)} -> "
-            f"{format_size(out.comp_size)} (ratio {ratio:.2f}), {out.packets} packets, "
-            f"{out.frames} frames, {out.seconds:.1f} s{note}"
-        )
+    # Two files at a time (each with its own compression threads): while one waits
+    # for its fsyncs, catalogue and directory updates, the other keeps both cores
+    # busy, which is most of the time for small files. The catalogue is written
+    # here, in this thread only, in the order the files were picked.
+    with ThreadPoolExecutor(PARALLEL_FILES, thread_name_prefix="bulk-file") as pool:
+        in_flight: deque[tuple[str, int, Future[Written]]] = deque()
+        for path in select(directory, settings.fmt, options.older_than_s, time.time()):
+            pending = archive.still_cataloguing(path)
+            if pending:
+                report.skipped.append((path, pending))
+                log(f"skipped {path}: {pending}")
+                continue
+            if dry:
+                report.would_compress.append(path)
+                log(f"would compress {path} ({format_size(os.path.getsize(path))})")
+                continue
+            if is_busy(path):
+                report.skipped.append((path, "locked by another process"))
+                log(f"skipped {path}: locked by another process")
+                continue
+            if len(in_flight) >= PARALLEL_FILES:
+                _finish_next(in_flight, report, archive, log)
+            size = os.path.getsize(path)
+            if in_flight and not _room_beside(path, size + sum(n for _p, n, _f in in_flight)):
+                # Not room for both copies at once: let the other file finish (and
+                # delete its original) first, as a run one file at a time would.
+                while in_flight:
+                    _finish_next(in_flight, report, archive, log)
+            short = _short_of_space(path)
+            if short:
+                report.failed.append((path, short))
+                log(f"FAILED to compress {path}: {short}; the original is kept")
+                continue
+            in_flight.append((path, size, pool.submit(write_verified, path, settings)))
+        while in_flight:
+            _finish_next(in_flight, report, archive, log)
 
     policy = options.policy
     if policy.active:

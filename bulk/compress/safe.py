@@ -31,12 +31,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from bulk.archive.catalogue import Catalogue, FileRecord, FrameEntry
 from bulk.archive.listing import OPEN_SUFFIX, is_trace_name
 from bulk.archive.naming import STATE_DIRNAME
 from bulk.compress.codec import (
     FORMATS,
+    Compressed,
     CompressSettings,
     check_index,
     compress_stream,
@@ -263,15 +265,30 @@ def _delete_with_side_files(path: str) -> None:
     os.unlink(path)
 
 
-def compress_one(src: str, settings: CompressSettings, archive: Archive) -> Outcome:
-    """Replace ``src`` by its verified compressed copy (see the module text)."""
+@dataclass
+class Written:
+    """A verified compressed copy under its final name, its original still there
+    (open and locked in ``lock``): :func:`finish_one` records it and deletes the original."""
+
+    src: str
+    final: str
+    fmt: str
+    result: Compressed
+    lock: BinaryIO
+    started: float
+
+
+def write_verified(src: str, settings: CompressSettings) -> Written:
+    """The first steps of the replace (see the module text): write, verify, fsync,
+    rename. No catalogue here, so several files may be written at once from threads."""
     t0 = time.monotonic()
     final = src + FORMATS[settings.fmt]
     tmp = temp_path(final)
     directory = os.path.dirname(src) or "."
     if os.path.lexists(final):
         raise ArchiveError(f"{final}: exists already beside {src}; left both as they are")
-    with open(src, "rb") as f:
+    f = open(src, "rb")  # noqa: SIM115 - held (locked) until finish_one closes it
+    try:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -311,13 +328,25 @@ def compress_one(src: str, settings: CompressSettings, archive: Archive) -> Outc
             except FileNotFoundError:
                 pass
             raise
+    except BaseException:
+        f.close()
+        raise
+    return Written(src, final, settings.fmt, result, f, t0)
+
+
+def finish_one(w: Written, archive: Archive) -> Outcome:
+    """The last steps of the replace: catalogue, side files, delete the original."""
+    src, final, result = w.src, w.final, w.result
+    try:
         with SeekableTrace.open(final) as st_final:
-            archive.note_compressed(src, final, settings.fmt, st_final)
+            archive.note_compressed(src, final, w.fmt, st_final)
         crash_point("after-catalogue")
         _move_side_files(src, final)
         os.unlink(src)
-        fsync_dir(directory)
+        fsync_dir(os.path.dirname(src) or ".")
         crash_point("after-delete")
+    finally:
+        w.lock.close()
     return Outcome(
         src,
         final,
@@ -325,9 +354,14 @@ def compress_one(src: str, settings: CompressSettings, archive: Archive) -> Outc
         result.comp_size,
         result.packets,
         len(result.index.frames),
-        time.monotonic() - t0,
+        time.monotonic() - w.started,
         result.damage,
     )
+
+
+def compress_one(src: str, settings: CompressSettings, archive: Archive) -> Outcome:
+    """Replace ``src`` by its verified compressed copy (see the module text)."""
+    return finish_one(write_verified(src, settings), archive)
 
 
 def finish_pair(original: str, compressed: str, archive: Archive, log: Log) -> bool:
