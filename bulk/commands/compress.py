@@ -29,9 +29,10 @@ format directly; pipe zstd files to it). X.pcap becomes X.pcap.zst (or
 X.pcap.gz) with the same times and mode.
 
 Crash-safe: the compressed copy is written under a hidden temporary name,
-fsynced, verified against the original (every frame decompressed, with its
-checksum, and compared byte for byte; packet counts), renamed, recorded in the
-catalogue, and only then is the original deleted. The next run finishes or
+every frame verified as it is written (read back, decompressed with its
+checksum, compared byte for byte with the original), fsynced, its index
+checked (size, packet count), renamed, recorded in the catalogue, and only
+then is the original deleted. The next run finishes or
 cleans up a run that was killed. Two runs on one archive never collide (a
 lock in DIR/.bulk).
 
