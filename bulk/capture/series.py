@@ -114,6 +114,13 @@ class Series:
         path, name = create_exclusive(self.directory, name)
         self.seq = name.seq + 1
         self._name_time_s = name.time_s
+        if getattr(self.handle, "engine", "") != "libpcap":
+            # pcapy-ng's dump_open is fopen(path, "w"): truncating the empty file
+            # would arm ext4's "auto da_alloc", and closing the file after
+            # hundreds of MB would then write them all back inside close(), a
+            # stall at every rotation. The name stays reserved (only this
+            # capture writes this series); fopen creates the file again.
+            os.unlink(path)
         try:
             dumper = self.handle.dump_open(path)
         except pcapy.PcapError as exc:
