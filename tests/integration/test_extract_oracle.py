@@ -353,3 +353,26 @@ def test_trace_moved_between_planning_and_reading(tmp_path: Path) -> None:
     assert [type(e) for e in report.errors] == [Vanished]
     expected = oracle_records([DATA / "zeek-http-get.pcap"], "tcp", tmp_path)
     assert pcap_records((tmp_path / "x.pcap").read_bytes())[1] == expected
+
+
+def test_indexed_traces_overlapping_in_time_are_merged(tmp_path: Path) -> None:
+    """Two indexed traces holding alternate packets of one capture (two capture
+    workers): they overlap in time, so they must be merged, not written one after
+    the other (which the indexes allow only for disjoint time ranges). The
+    result is the original capture filtered by tcpdump, in its order."""
+    src = DATA / "zeek-ssh-single-conn.pcap"
+    header, records = pcap_records(src.read_bytes())
+    times = [record_time(r, nano=False) for r in records]
+    assert times == sorted(times) and len(set(times)) == len(times)  # a strict order
+    d = tmp_path / "arch"
+    d.mkdir()
+    for k in (0, 1):
+        part = d / f"w{k}.pcap"
+        part.write_bytes(header + b"".join(records[k::2]))
+        write_index_for(str(part))
+    for expr in ("", "tcp", "host 192.168.1.1"):
+        td = tmp_path / "td.pcap"
+        tcpdump_write(src, td, expr, nano=False)
+        out = tmp_path / "bulk.pcap"
+        assert bulk_extract("--dir", d, "-w", out, expr) == 0
+        assert pcap_records(out.read_bytes())[1] == pcap_records(td.read_bytes())[1], expr
