@@ -34,6 +34,7 @@ table), every gzip member its CRC-32, and decoding checks them.
 from __future__ import annotations
 
 import base64
+import ctypes
 import os
 import struct
 import zlib
@@ -41,7 +42,8 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, NamedTuple
+from functools import lru_cache
+from typing import Any, BinaryIO, NamedTuple
 
 import zstandard
 
@@ -330,6 +332,8 @@ class SeekableWriter:
                 f"frame {k} decompresses to bytes that differ from the original's "
                 f"bytes {decomp_offset}..{decomp_offset + len(data)}"
             )
+        if self._fd >= 0:
+            start_writeback(self._fd, self._base + offset, len(comp))
 
     def finish(self, layout: Layout, damaged: bool) -> FrameIndex:
         try:
@@ -362,6 +366,30 @@ class SeekableWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._zstd is not None:
             self._zstd.close()
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@lru_cache(maxsize=1)
+def _sync_file_range() -> Any:
+    try:
+        fn = ctypes.CDLL(None).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def start_writeback(fd: int, offset: int, size: int) -> None:
+    """Ask the kernel to start writing these bytes to disk now (``sync_file_range``,
+    asynchronous), so that the caller's final fsync has little left to wait for:
+    the disk works while the next frames compress. Errors are not reported here;
+    the fsync reports them. No-op where the call does not exist."""
+    fn = _sync_file_range()
+    if fn is not None:
+        fn(fd, offset, size, _SYNC_FILE_RANGE_WRITE)
 
 
 class FrameMismatch(ValueError):
