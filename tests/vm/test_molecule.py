@@ -3,9 +3,10 @@
 `molecule test` (scenario ``default``) builds or reuses the cached VM image
 (scripts/vm/build-image.sh), boots it under QEMU, applies playbooks/site.yml,
 checks idempotence and runs molecule/default/verify.yml, which injects real
-traces into the VM's capture NIC and checks capture, rotation, compression and
-analysis end to end. The two-VM ``fleet`` scenario runs only when asked for
-(BULK_MOLECULE_FLEET=1), being slower than CI's budget allows.
+traces into the VM's capture NIC and checks capture, rotation, compression,
+analysis and the capture service's least privilege end to end (about 4-5
+minutes: docs/molecule.md). The two-VM ``fleet`` scenario runs only when
+asked for (BULK_MOLECULE_FLEET=1).
 """
 
 from __future__ import annotations
