@@ -42,7 +42,7 @@ _PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
 _SIOCGIFFLAGS = 0x8913
 _IFF_UP = 0x1
 _IFREQ = struct.Struct("16sH22x")
-LINK_CHECK_S = 0.25  # an idle handle checks that its interface is still up this often
+LINK_CHECK_S = 0.01  # at most this often (a dispatch that returns nothing asks)
 
 
 class PcapError(pcapy.PcapError):  # type: ignore[misc]
@@ -188,6 +188,7 @@ class LiveHandle:
         self._dump_fn = ctypes.cast(lib.pcap_dump, ctypes.c_void_p).value
         self._stat = _Stat()
         self._next_check = 0.0
+        self._ifreq: socket.socket | None = None  # for SIOCGIFFLAGS
 
     engine = "libpcap"
 
@@ -208,8 +209,9 @@ class LiveHandle:
         return n
 
     def _check_link(self) -> None:
-        """Raise PcapError when the interface is down or gone (checked at most
-        every LINK_CHECK_S, while nothing arrives).
+        """Raise PcapError when the interface is down or gone (asked when a
+        dispatch returns nothing: the poll woke up for an error, a timer or
+        a signal, never per packet).
 
         libpcap 1.10 keeps a handle on an interface that went down (it
         captures again when it is up) instead of failing as 1.9 did; the
@@ -218,13 +220,14 @@ class LiveHandle:
         if now < self._next_check or self.interface == "any":
             return
         self._next_check = now + LINK_CHECK_S
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                req = fcntl.ioctl(sock, _SIOCGIFFLAGS, _IFREQ.pack(self.interface.encode(), 0))
-            except OSError as exc:
-                if exc.errno in (errno.ENODEV, errno.ENXIO):
-                    raise PcapError("The interface disappeared") from None
-                return
+        try:
+            if self._ifreq is None:
+                self._ifreq = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            req = fcntl.ioctl(self._ifreq, _SIOCGIFFLAGS, _IFREQ.pack(self.interface.encode(), 0))
+        except OSError as exc:
+            if exc.errno in (errno.ENODEV, errno.ENXIO):
+                raise PcapError("The interface disappeared") from None
+            return
         if not _IFREQ.unpack(req)[1] & _IFF_UP:
             raise PcapError("The interface went down")
 
@@ -295,6 +298,9 @@ class LiveHandle:
             sock.detach()
 
     def close(self) -> None:
+        if self._ifreq is not None:
+            self._ifreq.close()
+            self._ifreq = None
         if self.ptr is not None:
             ptr, self.ptr = self.ptr, None
             self._lib.pcap_close(ptr)

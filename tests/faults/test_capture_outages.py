@@ -97,9 +97,13 @@ def test_interface_down_and_up(pair: VethPair, tmp_path: Path, workers: int) -> 
             cap.wait_packets(sent)
             if k == flaps:
                 break
+            interrupted = cap.log_text().count("capture interrupted")
             down_at = time.monotonic()
             link(pair, "down")
-            assert wait_for(lambda: "capture interrupted" in cap.log_text(), 10), cap.log_text()
+            assert wait_for(
+                lambda n=interrupted: cap.log_text().count("capture interrupted") >= n + workers,
+                10,
+            ), cap.log_text()
             st = capture_status(pair, d)
             assert st["running"] and st["link_down_since_ns"] is not None, st
             time.sleep(1.0)
