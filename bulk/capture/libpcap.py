@@ -31,14 +31,13 @@ from typing import Any
 import pcapy
 
 from bulk.capture.options import CaptureOptions
-from bulk.errors import CaptureError, FilterError
+from bulk.errors import CaptureError
+from bulk.trace import libpcap as clib
 
 LIBRARY = "libpcap.so.0.8"
-_ERRBUF_SIZE = 256
 _SOL_PACKET = 263
 _PACKET_FANOUT = 18
 _PACKET_FANOUT_HASH = 0
-_PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
 _SIOCGIFFLAGS = 0x8913
 _IFF_UP = 0x1
 _IFREQ = struct.Struct("16sH22x")
@@ -49,49 +48,13 @@ class PcapError(pcapy.PcapError):  # type: ignore[misc]
     """A libpcap failure, with libpcap's message."""
 
 
-class _Timeval(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
-
-
-class PktHdr(ctypes.Structure):
-    _fields_ = [("ts", _Timeval), ("caplen", ctypes.c_uint32), ("len", ctypes.c_uint32)]
-
-
-class _Stat(ctypes.Structure):
-    _fields_ = [
-        ("ps_recv", ctypes.c_uint),
-        ("ps_drop", ctypes.c_uint),
-        ("ps_ifdrop", ctypes.c_uint),
-    ]
-
-
-class _BpfProgram(ctypes.Structure):
-    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
-
-
-HANDLER = ctypes.CFUNCTYPE(
-    None, ctypes.c_void_p, ctypes.POINTER(PktHdr), ctypes.POINTER(ctypes.c_ubyte)
-)
-
 @functools.cache
 def _open() -> ctypes.CDLL | str:
     """The library with its prototypes set, or why it cannot be loaded (once)."""
     try:
-        lib = ctypes.CDLL(LIBRARY, use_errno=True)
-        _prototypes(lib)
+        return clib.load(LIBRARY)
     except (OSError, AttributeError) as exc:
         return str(exc)
-    return lib
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fdopen.restype = ctypes.c_void_p
-    libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
-    libc.fclose.restype = ctypes.c_int
-    libc.fclose.argtypes = [ctypes.c_void_p]
-    return libc
 
 
 def load() -> ctypes.CDLL:
@@ -108,43 +71,6 @@ def available() -> bool:
     except CaptureError:
         return False
     return True
-
-
-def _prototypes(lib: ctypes.CDLL) -> None:
-    p, c_int, c_char_p = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
-    sigs: dict[str, tuple[Any, list[Any]]] = {
-        "pcap_create": (p, [c_char_p, c_char_p]),
-        "pcap_set_snaplen": (c_int, [p, c_int]),
-        "pcap_set_promisc": (c_int, [p, c_int]),
-        "pcap_set_timeout": (c_int, [p, c_int]),
-        "pcap_set_buffer_size": (c_int, [p, c_int]),
-        "pcap_activate": (c_int, [p]),
-        "pcap_close": (None, [p]),
-        "pcap_geterr": (c_char_p, [p]),
-        "pcap_statustostr": (c_char_p, [c_int]),
-        "pcap_compile": (c_int, [p, ctypes.POINTER(_BpfProgram), c_char_p, c_int, ctypes.c_uint32]),
-        "pcap_setfilter": (c_int, [p, ctypes.POINTER(_BpfProgram)]),
-        "pcap_freecode": (None, [ctypes.POINTER(_BpfProgram)]),
-        "pcap_setnonblock": (c_int, [p, c_int, c_char_p]),
-        "pcap_get_selectable_fd": (c_int, [p]),
-        "pcap_datalink": (c_int, [p]),
-        "pcap_snapshot": (c_int, [p]),
-        "pcap_stats": (c_int, [p, ctypes.POINTER(_Stat)]),
-        "pcap_dispatch": (c_int, [p, c_int, p, p]),
-        "pcap_dump_fopen": (p, [p, p]),
-        "pcap_dump_ftell64": (ctypes.c_int64, [p]),
-        "pcap_dump_flush": (c_int, [p]),
-        "pcap_dump_close": (None, [p]),
-        "pcap_dump": (None, [p, ctypes.POINTER(PktHdr), ctypes.POINTER(ctypes.c_ubyte)]),
-    }
-    for name, (restype, argtypes) in sigs.items():
-        fn = getattr(lib, name)
-        fn.restype = restype
-        fn.argtypes = argtypes
-
-
-def _text(raw: bytes | None) -> str:
-    return (raw or b"").decode(errors="replace").strip()
 
 
 class Dumper:
@@ -185,8 +111,8 @@ class LiveHandle:
         self._lib = lib
         self.ptr: int | None = ptr
         self.interface = interface
-        self._dump_fn = ctypes.cast(lib.pcap_dump, ctypes.c_void_p).value
-        self._stat = _Stat()
+        self._dump_fn = clib.dump_callback(lib)
+        self._stat = clib.Stat()
         self._next_check = 0.0
         self._ifreq: socket.socket | None = None  # for SIOCGIFFLAGS
 
@@ -194,7 +120,7 @@ class LiveHandle:
 
     def _error(self) -> PcapError:
         assert self.ptr is not None
-        return PcapError(_text(self._lib.pcap_geterr(self.ptr)) or "capture failed")
+        return PcapError(clib.text(self._lib.pcap_geterr(self.ptr)) or "capture failed")
 
     def dump_all(self, cnt: int, dumper: Dumper) -> int:
         """``pcap_dispatch(p, cnt, pcap_dump, dumper)``: up to ``cnt`` packets
@@ -240,7 +166,7 @@ class LiveHandle:
         def call(_user: Any, hdr: Any, data: Any) -> None:
             callback(hdr, data)
 
-        fn = HANDLER(call)
+        fn = clib.HANDLER(call)
         n = int(self._lib.pcap_dispatch(self.ptr, cnt, ctypes.cast(fn, ctypes.c_void_p), None))
         if n < 0:
             raise self._error()
@@ -262,14 +188,13 @@ class LiveHandle:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise PcapError(f"{path}: {exc.strerror}") from None
-        fp = _libc().fdopen(fd, b"wb")
-        if not fp:
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise PcapError(f"{path}: {os.strerror(err)}")
+        try:
+            fp = clib.fdopen(fd, b"wb")
+        except OSError as exc:
+            raise PcapError(f"{path}: {exc.strerror}") from None
         ptr = self._lib.pcap_dump_fopen(self.ptr, fp)
         if not ptr:
-            _libc().fclose(fp)
+            clib.libc().fclose(fp)
             raise self._error()
         return Dumper(self._lib, ptr, path)
 
@@ -310,10 +235,10 @@ def open_live(opts: CaptureOptions) -> LiveHandle:
     """An activated, filtered, non-blocking handle on ``opts.interface``."""
     lib = load()
     iface = opts.interface
-    errbuf = ctypes.create_string_buffer(_ERRBUF_SIZE)
+    errbuf = ctypes.create_string_buffer(clib.ERRBUF_SIZE)
     ptr = lib.pcap_create(iface.encode(), errbuf)
     if not ptr:
-        raise CaptureError(f"{iface}: {_text(errbuf.value)}")
+        raise CaptureError(f"{iface}: {clib.text(errbuf.value)}")
     handle = LiveHandle(lib, ptr, iface)
     try:
         lib.pcap_set_snaplen(ptr, opts.snaplen)
@@ -324,9 +249,9 @@ def open_live(opts: CaptureOptions) -> LiveHandle:
         if status < 0:
             raise CaptureError(f"{iface}: {_activate_message(lib, ptr, status)}")
         if opts.bpf:
-            _set_filter(lib, ptr, opts.bpf)
+            clib.set_filter(lib, ptr, opts.bpf, clib.NETMASK_UNKNOWN)
         if lib.pcap_setnonblock(ptr, 1, errbuf) != 0:
-            raise CaptureError(f"{iface}: {_text(errbuf.value)}")
+            raise CaptureError(f"{iface}: {clib.text(errbuf.value)}")
     except BaseException:
         handle.close()
         raise
@@ -336,21 +261,10 @@ def open_live(opts: CaptureOptions) -> LiveHandle:
 def _activate_message(lib: ctypes.CDLL, ptr: int, status: int) -> str:
     """libpcap's message for a failed activation: pcap_geterr() when it says
     more than the status, else pcap_statustostr()."""
-    reason = _text(lib.pcap_statustostr(status))
-    detail = _text(lib.pcap_geterr(ptr))
+    reason = clib.text(lib.pcap_statustostr(status))
+    detail = clib.text(lib.pcap_geterr(ptr))
     if status in (-8, -11):  # PCAP_ERROR_PERM_DENIED, PCAP_ERROR_PROMISC_PERM_DENIED
         return f"{detail or reason}: needs root or CAP_NET_RAW and CAP_NET_ADMIN"
     if status == -1 and detail:  # PCAP_ERROR: the message says what failed
         return detail
     return reason
-
-
-def _set_filter(lib: ctypes.CDLL, ptr: int, bpf: str) -> None:
-    prog = _BpfProgram()
-    if lib.pcap_compile(ptr, ctypes.byref(prog), bpf.encode(), 1, _PCAP_NETMASK_UNKNOWN) != 0:
-        raise FilterError(f"bad filter {bpf!r}: {_text(lib.pcap_geterr(ptr))}")
-    try:
-        if lib.pcap_setfilter(ptr, ctypes.byref(prog)) != 0:
-            raise FilterError(f"bad filter {bpf!r}: {_text(lib.pcap_geterr(ptr))}")
-    finally:
-        lib.pcap_freecode(ctypes.byref(prog))

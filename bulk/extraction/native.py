@@ -26,12 +26,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from bulk.errors import BulkError, FilterError
+from bulk.errors import BulkError
+from bulk.trace import libpcap
 
 BUFFER = 1 << 20
-_IOFBF = 0  # glibc
-_FSETLOCKING_BYCALLER = 2  # glibc's stdio_ext.h
-_ERRBUF = 256  # PCAP_ERRBUF_SIZE
 _LOOP_ERROR = -1
 _LOOP_BROKEN = -2
 # pcap LINKTYPE -> DLT where they differ on Linux (libpcap's pcap-common.c).
@@ -39,44 +37,14 @@ _LINKTYPE_TO_DLT = {101: 12, 100: 11, 117: 17}
 _WAIT_S = 0.25
 
 
-class _Program(ctypes.Structure):
-    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
-
-
 class _Lib:
-    """The libpcap and libc functions used, with their C signatures."""
+    """The library pcapy-ng is linked with, and the address of its ``pcap_dump``."""
 
     def __init__(self) -> None:
         import pcapy  # noqa: PLC0415 - the library pcapy-ng loaded
 
-        pcap = ctypes.CDLL(pcapy.__file__, use_errno=True)
-        libc = ctypes.CDLL(None, use_errno=True)
-        vp, ip, cp = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
-        prog = ctypes.POINTER(_Program)
-
-        def fn(lib: Any, name: str, restype: Any, *argtypes: Any) -> Any:
-            f = getattr(lib, name)
-            f.restype = restype
-            f.argtypes = list(argtypes)
-            return f
-
-        self.fdopen = fn(libc, "fdopen", vp, ip, cp)
-        self.setvbuf = fn(libc, "setvbuf", ip, vp, vp, ip, ctypes.c_size_t)
-        self.fclose = fn(libc, "fclose", ip, vp)
-        self.fsetlocking = fn(libc, "__fsetlocking", ip, vp, ip)
-        self.fopen_offline = fn(pcap, "pcap_fopen_offline", vp, vp, cp)
-        self.open_dead = fn(pcap, "pcap_open_dead", vp, ip, ip)
-        self.compile = fn(pcap, "pcap_compile", ip, vp, prog, cp, ip, ctypes.c_uint32)
-        self.setfilter = fn(pcap, "pcap_setfilter", ip, vp, prog)
-        self.freecode = fn(pcap, "pcap_freecode", None, prog)
-        self.geterr = fn(pcap, "pcap_geterr", cp, vp)
-        self.close = fn(pcap, "pcap_close", None, vp)
-        self.loop = fn(pcap, "pcap_loop", ip, vp, ip, vp, vp)
-        self.breakloop = fn(pcap, "pcap_breakloop", None, vp)
-        self.dump_fopen = fn(pcap, "pcap_dump_fopen", vp, vp, vp)
-        self.dump_flush = fn(pcap, "pcap_dump_flush", ip, vp)
-        self.dump_close = fn(pcap, "pcap_dump_close", None, vp)
-        self.dump = ctypes.cast(pcap.pcap_dump, vp).value
+        self.pcap = libpcap.load(pcapy.__file__)
+        self.dump = libpcap.dump_callback(self.pcap)
 
 
 _lib: _Lib | None = None
@@ -94,32 +62,16 @@ def lib() -> _Lib | None:
     return _lib
 
 
-def _fdopen(c: _Lib, fd: int, mode: bytes, buf: Any = None) -> int:
-    """A stdio stream on ``fd``, buffered by ``buf`` (glibc ignores the size
-    given to setvbuf without a buffer); the caller keeps ``buf`` alive."""
-    fp = c.fdopen(fd, mode)
-    if not fp:
-        err = ctypes.get_errno()
-        os.close(fd)
-        raise OSError(err, os.strerror(err))
-    if buf is not None:
-        c.setvbuf(fp, buf, _IOFBF, len(buf))
-    # One thread at a time uses the stream: no lock per fread (glibc locks every
-    # call once the process has a second thread, two calls per packet here).
-    c.fsetlocking(fp, _FSETLOCKING_BYCALLER)
-    return int(fp)
-
-
 def _header_of(c: _Lib, dead: int) -> bytes:
     """The file header libpcap's dumper writes for ``dead``."""
     fd = os.memfd_create("bulk-extract-header")
     try:
-        fp = _fdopen(c, os.dup(fd), b"wb")
-        dumper = c.dump_fopen(dead, fp)
+        fp = libpcap.fdopen(os.dup(fd), b"wb", one_thread=True)
+        dumper = c.pcap.pcap_dump_fopen(dead, fp)
         if not dumper:
-            c.fclose(fp)
+            libpcap.libc().fclose(fp)
             return b""
-        c.dump_close(dumper)
+        c.pcap.pcap_dump_close(dumper)
         return os.pread(fd, 24, 0)
     finally:
         os.close(fd)
@@ -146,22 +98,22 @@ class Dumper:
         c = lib()
         if c is None:
             return None
-        dead = c.open_dead(_LINKTYPE_TO_DLT.get(linktype, linktype), snaplen)
+        dead = c.pcap.pcap_open_dead(_LINKTYPE_TO_DLT.get(linktype, linktype), snaplen)
         if not dead:
             return None
         try:
             if _header_of(c, dead) != header:
-                c.close(dead)
+                c.pcap.pcap_close(dead)
                 return None
             write_buf = ctypes.create_string_buffer(BUFFER)
-            fp = _fdopen(c, os.dup(fd), b"wb", write_buf)
-            dumper = c.dump_fopen(dead, fp)
+            fp = libpcap.fdopen(os.dup(fd), b"wb", write_buf, one_thread=True)
+            dumper = c.pcap.pcap_dump_fopen(dead, fp)
         except OSError:
-            c.close(dead)
+            c.pcap.pcap_close(dead)
             return None
         if not dumper:
-            c.fclose(fp)
-            c.close(dead)
+            libpcap.libc().fclose(fp)
+            c.pcap.pcap_close(dead)
             return None
         return cls(c, dead, dumper, target, write_buf)
 
@@ -181,29 +133,21 @@ class Dumper:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
             return f"{exc.strerror or exc}"
-        fp = _fdopen(c, fd, b"rb", self._read_buf)  # one trace at a time
-        err = ctypes.create_string_buffer(_ERRBUF)
-        handle = c.fopen_offline(fp, err)
+        fp = libpcap.fdopen(fd, b"rb", self._read_buf, one_thread=True)  # one trace at a time
+        err = ctypes.create_string_buffer(libpcap.ERRBUF_SIZE)
+        handle = c.pcap.pcap_fopen_offline(fp, err)
         if not handle:
-            c.fclose(fp)
+            libpcap.libc().fclose(fp)
             return err.value.decode(errors="replace")
         try:
             if expression:
-                prog = _Program()
-                if c.compile(handle, ctypes.byref(prog), expression.encode(), 1, 0) != 0:
-                    msg = (c.geterr(handle) or b"").decode(errors="replace")
-                    raise FilterError(f"bad filter {expression!r}: {msg}")
-                status = c.setfilter(handle, ctypes.byref(prog))
-                c.freecode(ctypes.byref(prog))
-                if status != 0:
-                    msg = (c.geterr(handle) or b"").decode(errors="replace")
-                    raise FilterError(f"bad filter {expression!r}: {msg}")
+                libpcap.set_filter(c.pcap, handle, expression, 0)  # netmask 0, as pcapy's setfilter
             result = self._run(handle, fd, tick)
             if result == _LOOP_ERROR:
-                return (c.geterr(handle) or b"").decode(errors="replace")
+                return libpcap.text(c.pcap.pcap_geterr(handle))
             return None
         finally:
-            c.close(handle)  # closes fp and fd
+            c.pcap.pcap_close(handle)  # closes fp and fd
             self._check_write()
 
     def _run(self, handle: int, fd: int, tick: Callable[[int], None] | None) -> int:
@@ -213,7 +157,7 @@ class Dumper:
 
         def work() -> None:
             try:
-                result.append(c.loop(handle, -1, c.dump, self._dumper))
+                result.append(c.pcap.pcap_loop(handle, -1, c.dump, self._dumper))
             finally:
                 done.set()
 
@@ -226,7 +170,7 @@ class Dumper:
                     except OSError:
                         pass
         except BaseException:
-            c.breakloop(handle)
+            c.pcap.pcap_breakloop(handle)
             while not done.is_set():  # the handle is closed after the loop ends only
                 try:
                     done.wait(_WAIT_S)
@@ -236,7 +180,7 @@ class Dumper:
         return result[0] if result else _LOOP_ERROR
 
     def _check_write(self) -> None:
-        if self._dumper is not None and self._c.dump_flush(self._dumper) != 0:
+        if self._dumper is not None and self._c.pcap.pcap_dump_flush(self._dumper) != 0:
             self._fail()
 
     def _fail(self) -> None:
@@ -252,6 +196,6 @@ class Dumper:
 
     def close(self) -> None:
         if self._dumper is not None:
-            self._c.dump_close(self._dumper)
+            self._c.pcap.pcap_dump_close(self._dumper)
             self._dumper = None
-            self._c.close(self._dead)
+            self._c.pcap.pcap_close(self._dead)
