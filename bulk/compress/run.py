@@ -38,8 +38,10 @@ from bulk.compress.safe import (
 )
 from bulk.errors import ArchiveError, TraceError, UsageError
 
-# Files written at once (see _run_locked).
-PARALLEL_FILES = 2
+# Files written at once (see _run_locked). 1: two at once measured no faster on 40
+# files of 12.5 MB (in-process, interleaved, load 1.1: 1.48-1.49 s and 2.65-2.68
+# CPU s against 1.44-1.45 s and 2.28-2.33 CPU s one at a time; docs/BENCHMARKS.md).
+PARALLEL_FILES = 1
 
 
 @dataclass(frozen=True)
@@ -213,10 +215,9 @@ def _run_locked(options: RunOptions, report: RunReport, archive: Archive, log: L
     report.swept = sweep(directory, archive, log, dry_run=dry)
 
     settings = options.settings
-    # Two files at a time (each with its own compression threads): while one waits
-    # for its fsyncs, catalogue and directory updates, the other keeps both cores
-    # busy, which is most of the time for small files. The catalogue is written
-    # here, in this thread only, in the order the files were picked.
+    # Up to PARALLEL_FILES files at a time (each with its own compression threads),
+    # written in worker threads; the catalogue is written here, in this thread only,
+    # in the order the files were picked.
     with ThreadPoolExecutor(PARALLEL_FILES, thread_name_prefix="bulk-file") as pool:
         in_flight: deque[tuple[str, int, Future[Written]]] = deque()
         for path in select(directory, settings.fmt, options.older_than_s, time.time()):
