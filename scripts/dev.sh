@@ -48,7 +48,10 @@ install_venv() {
         log "creating virtualenv .venv"
         python3 -m venv .venv
     fi
-    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    # Reinstalled when the dependencies or the C accelerators (csrc/) changed.
+    local newer
+    newer=$(find pyproject.toml setup.py csrc -newer "$stamp" 2>/dev/null | head -n 1 || true)
+    if [ ! -f "$stamp" ] || [ -n "$newer" ]; then
         log "pip install -e .[dev,deploy]"
         .venv/bin/python -m pip install -q --upgrade pip
         .venv/bin/python -m pip install -q -e '.[dev,deploy]'
@@ -66,6 +69,8 @@ run_tests() {
     set +e
     local select=()
     [ "${BULK_VM:-1}" = 0 ] && select=(-m "not vm")
+    # The C accelerators (csrc/) must have been built: no silent Python fallback.
+    export BULK_REQUIRE_NATIVE=1
     "$py/pytest" -p no:cacheprovider "${select[@]}" "$@"
     local rc=$?
     set -e
