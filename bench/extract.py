@@ -18,7 +18,7 @@ thousands of distinct hosts, and 37 microseconds between packets.
 
 bulk runs as installed code would: with compiled bytecode (this repository's
 environment sets PYTHONDONTWRITEBYTECODE; the benchmark caches bytecode under
-bench/out/pycache instead), after one warm-up run.
+bench/out/pycache instead, see bench/common.py), after one warm-up run.
 
     python bench/extract.py                      # 500 MB trace, 100-file archive
     python bench/extract.py --size-mb 2048 --runs 3
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import resource
 import shlex
 import shutil
 import struct
@@ -39,13 +38,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from common import OUT, ROOT, timed
+
 from bulk.archive.hostindex import write_index_for
 from bulk.errors import TraceError
 from bulk.trace import open_trace, pcap_header
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
-OUT = ROOT / "bench" / "out"
 T0_US = 1_795_780_800 * 1_000_000  # 2026-11-27 12:00:00 UTC
 GAP_US = 37
 RARE = bytes([198, 51, 100, 77])  # TEST-NET-2: never in the real traces
@@ -100,36 +99,13 @@ def write_trace(
     return t_us
 
 
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e.pop("PYTHONDONTWRITEBYTECODE", None)
-    e["PYTHONPYCACHEPREFIX"] = str(OUT / "pycache")
-    return e
-
-
-def _cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-def timed(cmd: Sequence[str] | str) -> tuple[float, float]:
-    """Wall time and CPU time (user + system, children included) of one run;
-    a string is a shell pipeline."""
-    t, c = time.perf_counter(), _cpu()
-    shell = isinstance(cmd, str)
-    proc = subprocess.run(cmd, shell=shell, env=env(), capture_output=True, check=False)
-    dt, dc = time.perf_counter() - t, _cpu() - c
-    if proc.returncode not in (0,):
-        raise SystemExit(f"{cmd!r} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
-    return dt, dc
-
-
 def best(runs: int, *cmds: Sequence[str] | str) -> list[tuple[float, float]]:
     """Best wall and best CPU time of each command, run alternately ``runs`` times."""
     times: list[list[tuple[float, float]]] = [[] for _ in cmds]
     for _ in range(runs):
         for i, cmd in enumerate(cmds):
-            times[i].append(timed(cmd))
+            wall, cpu, _err = timed(cmd)
+            times[i].append((wall, cpu))
     return [(min(w for w, _ in t), min(c for _, c in t)) for t in times]
 
 

@@ -23,7 +23,7 @@ argument parsing, finding first and last packets; no slicing).
 
 bulk runs as installed code would: with compiled bytecode (this repository's
 environment sets PYTHONDONTWRITEBYTECODE; the benchmark caches bytecode under
-bench/out/pycache instead, as bench/extract.py does), after one warm-up run.
+bench/out/pycache instead, see bench/common.py), after one warm-up run.
 """
 
 from __future__ import annotations
@@ -31,19 +31,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "out"
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from slicegen import T0, generate  # noqa: E402
+from common import OUT, ROOT, timed
+from slicegen import T0, generate
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 BULK = [str(ROOT / ".venv" / "bin" / "bulk")]
@@ -54,31 +46,6 @@ def _size(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f"bad size {text!r}")
     return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 10**6, "G": 10**9}[m.group(2)]
-
-
-def _env() -> dict[str, str]:
-    e = dict(os.environ)
-    e.pop("PYTHONDONTWRITEBYTECODE", None)
-    e["PYTHONPYCACHEPREFIX"] = str(OUT / "pycache")
-    return e
-
-
-def _cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-def _timed(cmd: list[str] | str) -> tuple[float, float, bytes]:
-    """Wall time, CPU time (children included) and stderr of one run; a string
-    is a shell command."""
-    t, c = time.perf_counter(), _cpu()
-    proc = subprocess.run(
-        cmd, shell=isinstance(cmd, str), env=_env(), capture_output=True, check=False
-    )
-    elapsed, cpu = time.perf_counter() - t, _cpu() - c
-    if proc.returncode != 0:
-        raise SystemExit(f"failed: {cmd}: {proc.stderr.decode()}")
-    return elapsed, cpu, proc.stderr
 
 
 def _records(path: Path) -> bytes:
@@ -134,12 +101,12 @@ def main() -> int:
 
     for name, cmd in runs.items():  # warm the page cache and the bytecode cache
         clear(name)
-        _timed(cmd)
+        timed(cmd)
     best: dict[str, tuple[float, float]] = {}
     for _ in range(args.reps):
         for name, cmd in runs.items():
             clear(name)
-            elapsed, cpu, _err = _timed(cmd)
+            elapsed, cpu, _err = timed(cmd)
             w, c = best.get(name, (elapsed, cpu))
             best[name] = (min(w, elapsed), min(c, cpu))
     same = {_records(p) for p in outs.values()}
@@ -147,7 +114,7 @@ def main() -> int:
     read: dict[str, int] = {}
     for name, src in (("bulk", raw), ("bulk-zst", comp)):
         clear(name)
-        _w, _c, err = _timed(
+        _w, _c, err = timed(
             [*BULK, "slice", "-w", str(outs[name]), "--stats", start, win, str(src)]
         )
         m = re.search(rb"read (\d+) bytes", err)

@@ -1,0 +1,47 @@
+"""Helpers shared by the benchmarks that time bulk's commands as child processes.
+
+Imported as ``common`` (the benchmarks run as ``python bench/NAME.py``, so
+bench/ is first on the path).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+
+
+def child_env() -> dict[str, str]:
+    """The environment for timed children: bulk runs as installed code would,
+    with compiled bytecode (this repository's environment sets
+    PYTHONDONTWRITEBYTECODE), cached under bench/out/pycache."""
+    e = dict(os.environ)
+    e.pop("PYTHONDONTWRITEBYTECODE", None)
+    e["PYTHONPYCACHEPREFIX"] = str(OUT / "pycache")
+    return e
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process's waited-for children."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def timed(cmd: Sequence[str] | str) -> tuple[float, float, bytes]:
+    """Wall time, CPU time (children included) and stderr of one run of ``cmd``
+    in :func:`child_env`; a string is a shell command. A failed run ends the
+    benchmark."""
+    t, c = time.perf_counter(), children_cpu()
+    proc = subprocess.run(
+        cmd, shell=isinstance(cmd, str), env=child_env(), capture_output=True, check=False
+    )
+    wall, cpu = time.perf_counter() - t, children_cpu() - c
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd!r} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
+    return wall, cpu, proc.stderr
