@@ -51,9 +51,6 @@ if TYPE_CHECKING:
 
 RawRecord = tuple[int, int, bytes]  # ts_ns, wirelen, data
 
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_SKIPPABLE_LOW = 0x184D2A50
-
 
 class Segment(NamedTuple):
     """Bytes [offset, end) of a pcap holding whole records with times in [min, max]."""
@@ -570,14 +567,6 @@ def _chain_one(first: Packet, rest: Iterator[Packet]) -> Iterator[Packet]:
     yield from rest
 
 
-def _is_zstd(head: bytes) -> bool:
-    if head[:4] == _ZSTD_MAGIC:
-        return True
-    return len(head) >= 4 and _SKIPPABLE_LOW <= int.from_bytes(head[:4], "little") <= (
-        _SKIPPABLE_LOW + 0xF
-    )
-
-
 def open_source(path: str) -> Source:
     """Open ``path`` as the fastest kind of source its content allows."""
     if path == "-":
@@ -591,7 +580,10 @@ def open_source(path: str) -> Source:
         raise open_error(path, exc) from None
     if parse_pcap_header(head) is not None:
         return SeekablePcap(FileBytes(path), "pcap")
-    if _is_zstd(head) or head[:2] == b"\x1f\x8b":
+    from bulk.trace.magic import compression_of  # noqa: PLC0415 - not a plain pcap's path
+
+    compression = compression_of(head)
+    if compression is not None:
         from bulk.trace.seekable import SeekableTrace  # noqa: PLC0415
 
         try:
@@ -604,7 +596,7 @@ def open_source(path: str) -> Source:
             except BaseException:
                 st.close()
                 raise
-    if _is_zstd(head):
+    if compression == "zstd":
         from bulk.slicing.zstdframes import ZstdFrames  # noqa: PLC0415
 
         frames = ZstdFrames.open(path)

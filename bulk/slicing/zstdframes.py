@@ -26,10 +26,8 @@ from dataclasses import dataclass
 import zstandard
 
 from bulk.errors import TraceError
+from bulk.trace.magic import ZSTD_FRAME_MAGIC, is_skippable
 
-ZSTD_MAGIC = 0xFD2FB528
-SKIPPABLE_MIN = 0x184D2A50
-SKIPPABLE_MAX = 0x184D2A5F
 SEEKABLE_MAGIC = 0x8F92EAB1
 SEEK_TABLE_SKIPPABLE = 0x184D2A5E
 # Decoded frames kept in memory (two cover a read across one boundary).
@@ -79,11 +77,11 @@ def _walk_frames(fd: int, size: int, path: str) -> tuple[list[Frame], int] | Non
         if len(head) < 8:
             raise TraceError(path, pos, "truncated zstd frame")
         (magic,) = struct.unpack_from("<I", head)
-        if SKIPPABLE_MIN <= magic <= SKIPPABLE_MAX:
+        if is_skippable(magic):
             (skip,) = struct.unpack_from("<I", head, 4)
             pos += 8 + skip
             continue
-        if magic != ZSTD_MAGIC:
+        if magic != ZSTD_FRAME_MAGIC:
             raise TraceError(path, pos, "not a zstd frame")
         hlen, content = _frame_header(head, path, pos)
         if content is None:

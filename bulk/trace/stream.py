@@ -15,21 +15,11 @@ from typing import Any, BinaryIO
 import zstandard
 
 from bulk.errors import TraceError, TruncatedTrace
+from bulk.trace.magic import HEAD_LEN, compression_of, sniff_compression
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-# A zstd skippable frame (0x184D2A50..5F) may come first, e.g. a seek table.
-SKIPPABLE_LOW = 0x184D2A50
+__all__ = ["READ_SIZE", "TraceStream", "open_error", "sniff_compression"]
+
 READ_SIZE = 1 << 20
-
-
-def _is_zstd_start(head: bytes) -> bool:
-    if head[:4] == ZSTD_MAGIC:
-        return True
-    if len(head) >= 4:
-        magic = int.from_bytes(head[:4], "little")
-        return SKIPPABLE_LOW <= magic <= SKIPPABLE_LOW + 0xF
-    return False
 
 
 def open_error(path: str, exc: OSError) -> TraceError:
@@ -41,15 +31,6 @@ def open_error(path: str, exc: OSError) -> TraceError:
     if isinstance(exc, PermissionError):
         return TraceError(path, None, "permission denied")
     return TraceError(path, None, exc.strerror or str(exc))
-
-
-def sniff_compression(path: str) -> str | None:
-    """"gzip", "zstd" or None, from a file's first bytes (never from its name)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:2] == GZIP_MAGIC:
-        return "gzip"
-    return "zstd" if _is_zstd_start(head) else None
 
 
 class _Decoded:
@@ -120,15 +101,12 @@ class TraceStream:
             self._owns = True
         self._raw = raw
         buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[type-var]
-        head = buffered.peek(4)[:4]
-        self.compression: str | None = None
+        self.compression = compression_of(buffered.peek(HEAD_LEN)[:HEAD_LEN])
         self.file: BinaryIO
-        if head[:2] == GZIP_MAGIC:
-            self.compression = "gzip"
+        if self.compression == "gzip":
             inner: BinaryIO = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
             self.file = _Decoded(inner, path, "gzip")  # type: ignore[assignment]
-        elif _is_zstd_start(head):
-            self.compression = "zstd"
+        elif self.compression == "zstd":
             dctx = zstandard.ZstdDecompressor()
             reader = dctx.stream_reader(buffered, read_size=READ_SIZE, read_across_frames=True)
             self.file = _Decoded(reader, path, "zstd")  # type: ignore[assignment]

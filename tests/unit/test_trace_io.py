@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from bulk.errors import TraceError, TruncatedTrace
 from bulk.trace import Packet, PcapWriter, iter_packets, open_trace
+from bulk.trace.magic import compression_of, sniff_compression
 from tests.conftest import DATA, MANIFEST, TRACE_IDS, TRACES, require_tool
 
 TRUNCATED = {e["file"] for e in MANIFEST if e["truncated_file"]}
@@ -93,6 +94,30 @@ def test_multi_frame_zstd_with_skippable_frame(tmp_path: Path) -> None:
     out = tmp_path / "frames.pcap.zst"
     out.write_bytes(blob + skippable)
     assert read_all(out) == read_all(DATA / "zeek-smtp.pcap")
+
+
+@pytest.mark.parametrize("path", TRACES, ids=TRACE_IDS)
+def test_compression_of_what_the_tools_write(path: Path, tmp_path: Path) -> None:
+    """gzip and zstd output of every real trace is told by its magic; the trace is not."""
+    assert sniff_compression(str(path)) is None
+    for tool in ("gzip", "zstd"):
+        out = tmp_path / f"out.{tool}"
+        with open(out, "wb") as f:
+            subprocess.run([require_tool(tool), "-c", str(path)], stdout=f, check=True)
+        assert sniff_compression(str(out)) == tool
+
+
+@pytest.mark.parametrize("magic", range(0x184D2A4F, 0x184D2A61), ids=hex)
+def test_compression_of_a_leading_skippable_frame(magic: int, tmp_path: Path) -> None:
+    """A frame magic just below, inside and just above zstd's skippable range
+    before a real zstd frame: bulk says zstd exactly when zstd -t accepts it."""
+    frame = zstandard.ZstdCompressor().compress((DATA / "dns_udp.pcap").read_bytes())
+    blob = magic.to_bytes(4, "little") + (3).to_bytes(4, "little") + b"idx" + frame
+    out = tmp_path / "skip.zst"
+    out.write_bytes(blob)
+    ok = subprocess.run([require_tool("zstd"), "-q", "-t", str(out)], check=False)
+    assert (compression_of(blob) == "zstd") == (ok.returncode == 0)
+    assert compression_of(blob[:3]) is None  # too short to tell
 
 
 def test_truncated_compressed_stream(tmp_path: Path) -> None:
