@@ -14,13 +14,13 @@ archive directory. Another process believes a capture runs only when:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
 
 import psutil
 
+from bulk.archive.locks import is_locked, try_lock
 from bulk.archive.naming import state_dir
 from bulk.errors import ArchiveError, CaptureError
 
@@ -56,13 +56,10 @@ class PidFile:
         path = pidfile_path(directory, interface)
         state_dir(directory, create=True)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = try_lock(path, 0o644)
         except OSError as exc:
             raise ArchiveError(f"{path}: cannot open pid file: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if fd is None:
             other = read_pidfile(path)
             who = f" (pid {other.pid})" if other else ""
             raise CaptureError(
@@ -117,21 +114,6 @@ def read_pidfile(path: str) -> PidInfo | None:
         return PidInfo(pid, 0.0, "", "", 0)
 
 
-def _locked(path: str) -> bool:
-    """True when some process holds the pid file's lock."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops a lock we may have taken
-    return False
-
-
 def verify(info: PidInfo) -> bool:
     """True when ``info.pid`` is the capture that wrote the pid file (not a reused pid)."""
     try:
@@ -150,7 +132,7 @@ def running_capture(directory: str, interface: str) -> PidInfo | None:
     """The running capture of ``interface`` into ``directory``, or None (stale or absent)."""
     path = pidfile_path(directory, interface)
     info = read_pidfile(path)
-    if info is None or not _locked(path) or not verify(info):
+    if info is None or not is_locked(path) or not verify(info):
         return None
     return info
 
