@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from functools import partial
 from typing import BinaryIO
 
+from bulk.commands.inputs import gather_inputs
 from bulk.errors import (
     EXIT_BAD_INPUT,
     EXIT_OK,
@@ -112,28 +112,6 @@ def _expression(args: argparse.Namespace) -> str:
     return " ".join(args.expression).strip()
 
 
-def _inputs(args: argparse.Namespace) -> tuple[list[str], set[str]]:
-    """Every input path, and those found by listing an archive (which may move)."""
-    from bulk.archive.listing import traces_in_dir  # noqa: PLC0415
-
-    paths = list(args.read)
-    listed: set[str] = set()
-    for directory in args.dir:
-        found = traces_in_dir(directory, include_open=not args.closed_only)
-        paths.extend(found)
-        listed.update(found)
-    if not paths:
-        if args.dir:
-            raise UsageError("no trace files in " + ", ".join(args.dir))
-        raise UsageError("no input: give -r FILE or --dir DIR")
-    if paths.count("-") > 1:
-        raise UsageError("standard input can be given only once")
-    for p in paths:
-        if p != "-" and os.path.isdir(p):
-            raise UsageError(f"{p} is a directory: use --dir {p}")
-    return paths, listed
-
-
 def _open_output(target: str | None) -> tuple[BinaryIO, bool]:
     if target is None or target == "-":
         if sys.stdout.isatty():
@@ -159,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
     from bulk.timespec import TimeWindow, needs_reference, parse_timespec  # noqa: PLC0415
 
     expression = _expression(args)
-    paths, listed = _inputs(args)
+    paths, listed = gather_inputs(
+        args.read, args.dir, include_open=not args.closed_only, how="give -r FILE or --dir DIR"
+    )
     use_index = not args.no_index
     # An archive changes under its readers: a listed trace that moved is followed,
     # one deleted is a warning. Those named with -r must be there.

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, BinaryIO
 
+from bulk.commands.inputs import gather_inputs
 from bulk.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -132,24 +133,6 @@ def _split_positionals(args: argparse.Namespace) -> tuple[str | None, str | None
     return start, end, rest
 
 
-def _inputs(args: argparse.Namespace, files: list[str]) -> list[str]:
-    paths = list(files)
-    for directory in args.dir:
-        from bulk.archive.listing import traces_in_dir  # noqa: PLC0415
-
-        paths.extend(traces_in_dir(directory, include_open=not args.closed_only))
-    if not paths:
-        if args.dir:
-            raise UsageError("no trace files in " + ", ".join(args.dir))
-        raise UsageError("no input: give trace files or --dir DIR")
-    if paths.count("-") > 1:
-        raise UsageError("standard input can be given only once")
-    for p in paths:
-        if p != "-" and os.path.isdir(p):
-            raise UsageError(f"{p} is a directory: use --dir {p}")
-    return paths
-
-
 def _fmt_time(ts: int | None, style: str) -> str:
     from bulk import timespec  # noqa: PLC0415
 
@@ -185,7 +168,9 @@ def _open(
     """(paths, sources, window or None to resolve, files skipped by the catalogue)."""
     from bulk.slicing import slicer  # noqa: PLC0415
 
-    paths = _inputs(args, files)
+    paths, _listed = gather_inputs(
+        files, args.dir, include_open=not args.closed_only, how="give trace files or --dir DIR"
+    )
     if args.dir and not files and not args.list and "-" not in paths:
         from bulk.archive.listing import traces_in_dir  # noqa: PLC0415
         from bulk.slicing.archive import catalogued, plan_archive  # noqa: PLC0415
