@@ -12,10 +12,9 @@ from bulk.analyzers.backdoor import BackdoorConfig, Finding
 from bulk.analyzers.standard_ports import StandardPorts
 from bulk.archive.listing import expand_inputs, traces_in_dir
 from bulk.archive.members import Members
-from bulk.errors import EXIT_OK, UsageError, Vanished
-from bulk.timespec import format_iso, needs_reference, resolve_window
-from bulk.trace import open_trace
-from bulk.trace.source import Opener
+from bulk.commands.inputs import packet_window
+from bulk.errors import EXIT_OK, UsageError
+from bulk.timespec import format_iso
 
 NAME = "backdoor"
 HELP = "find services (ssh, http, ftp, telnet, irc, ...) on non-standard ports, by payload"
@@ -49,7 +48,11 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "-r", dest="files", metavar="FILE", nargs="+", action="extend",
+        "-r",
+        dest="files",
+        metavar="FILE",
+        nargs="+",
+        action="extend",
         help="trace files (pcap, pcapng, .gz, .zst; '-' for stdin); repeatable",
     )
     src.add_argument("--dir", metavar="DIR", help="every trace of an archive directory")
@@ -58,22 +61,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end", metavar="T", help="window end (time spec)")
     parser.add_argument("--json", action="store_true", help="JSON lines, Zeek-like fields")
     parser.add_argument(
-        "--ports", metavar="FILE",
+        "--ports",
+        metavar="FILE",
         help="standard ports file (replaces the defaults of the services it lists)",
     )
     parser.add_argument(
-        "--standard", metavar="SERVICE=PORT,...", action="append", default=[],
+        "--standard",
+        metavar="SERVICE=PORT,...",
+        action="append",
+        default=[],
         help="standard ports of one service (replaces its defaults); repeatable",
     )
     parser.add_argument(
         "--all", action="store_true", help="also list services on their standard ports"
     )
     parser.add_argument(
-        "--no-interactive", action="store_true",
+        "--no-interactive",
+        action="store_true",
         help="do not report the generic 'interactive' detections",
     )
     parser.add_argument(
-        "--no-fast", action="store_true",
+        "--no-fast",
+        action="store_true",
         help="read every packet in Python (for overlapping captures given together)",
     )
     parser.add_argument("--stats", action="store_true", help="print counters to stderr")
@@ -88,32 +97,6 @@ def _inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         return paths, paths
     paths = expand_inputs(args.files)
     return paths, [p for p in paths if p not in args.files]  # from a directory given with -r
-
-
-def _window(
-    args: argparse.Namespace, paths: list[str], opener: Opener
-) -> tuple[int | None, int | None]:
-    if args.start is None and args.end is None:
-        return None, None
-    first: int | None = None
-    specs = [s for s in (args.start, args.end) if s is not None]
-    if any(needs_reference(s) for s in specs):
-        for path in paths:
-            if path == "-":
-                continue
-            try:
-                reader = opener(path, open_trace)
-            except Vanished:
-                continue
-            with reader:
-                for pkt in reader:
-                    first = pkt.ts_ns if first is None else min(first, pkt.ts_ns)
-                    break
-    window = resolve_window(args.start, args.end, first)
-    start = window.start_ns if args.start is not None else None
-    # The window is inclusive at both ends (tcpslice); iter_packets' end is exclusive.
-    end = window.end_ns + 1 if window.end_ns is not None else None
-    return start, end
 
 
 def _table_row(f: Finding) -> list[str]:
@@ -154,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         report_standard=args.all,
         report_interactive=not args.no_interactive,
     )
-    start_ns, end_ns = _window(args, paths, opener)
+    start_ns, end_ns = packet_window(args.start, args.end, paths, opener)
     findings: list[Finding] = []
     emit: Callable[[Finding], None] = findings.append
     if args.json:
@@ -176,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("bulk backdoor: no services on non-standard ports found\n")
     if args.stats:
         sys.stderr.write(
-            f"bulk backdoor: {stats.path} path, {stats.files} files, "
+            f"bulk backdoor: {stats.path} path{f' (gate {stats.gate})' if stats.gate else ''}, "
+            f"{stats.files} files, "
             f"{stats.packets_to_python} packets read in Python, {stats.flows} TCP connections, "
             f"{stats.decided_early} decided early\n"
         )

@@ -8,10 +8,11 @@ import sys
 from bulk.analyzers.contents import SUMMARY_NAME, ContentsAnalyzer
 from bulk.archive.listing import expand_inputs, traces_in_dir
 from bulk.archive.members import Members
+from bulk.commands.inputs import packet_window
 from bulk.decode import PROTO_TCP
 from bulk.errors import EXIT_OK, TraceError, UsageError, Vanished
 from bulk.flow.table import FlowConfig, FlowTable
-from bulk.timespec import duration_arg, needs_reference, resolve_window
+from bulk.timespec import duration_arg
 from bulk.trace import BpfFilter, open_trace
 from bulk.trace.source import Opener, open_direct
 
@@ -114,26 +115,6 @@ def _inputs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return paths, listed
 
 
-def _first_ns(paths: list[str], opener: Opener = open_direct) -> int | None:
-    """The earliest first-packet time of the inputs (the reference of relative times)."""
-    if "-" in paths:
-        raise UsageError("a relative --start/--end needs file inputs, not standard input")
-    first: int | None = None
-    for path in paths:
-        try:
-            reader = opener(path, open_trace)
-        except Vanished:
-            continue
-        with reader:
-            try:
-                pkt = next(iter(reader), None)
-            except TraceError:
-                pkt = None
-        if pkt is not None and (first is None or pkt.ts_ns < first):
-            first = pkt.ts_ns
-    return first
-
-
 def check_inputs(paths: list[str], bpf: str | None, opener: Opener = open_direct) -> None:
     """Raise the error a bad input or filter would give, before any output exists."""
     flt = BpfFilter(bpf) if bpf else None
@@ -160,13 +141,7 @@ def run(args: argparse.Namespace) -> int:
     # An archive changes under its readers: a listed trace that moved since is
     # followed, one deleted (retention) is a warning and skipped.
     opener = Members(listed, _warn).open
-    start_ns = end_ns = None
-    if args.start is not None or args.end is not None:
-        specs = [s for s in (args.start, args.end) if s is not None]
-        ref = _first_ns(paths, opener) if any(needs_reference(s) for s in specs) else None
-        window = resolve_window(args.start, args.end, ref)
-        start_ns = window.start_ns if args.start is not None else None
-        end_ns = window.end_ns + 1 if args.end is not None and window.end_ns is not None else None
+    start_ns, end_ns = packet_window(args.start, args.end, paths, opener)
     # Unreadable inputs and bad filters fail here, before any output is created.
     check_inputs(paths, args.bpf, opener)
     analyzer = ContentsAnalyzer(args.outdir, max_open_files=args.max_open_files)

@@ -1,16 +1,19 @@
-"""Input mistakes of the reading commands: one line on stderr, exit 2, and the
-same words from slice and extract (they share bulk.commands.inputs)."""
+"""The inputs of the reading commands (bulk.commands.inputs, shared): mistakes
+give one line on stderr, exit 2, and the same words from every command; the
+reference of relative times against tcpdump."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from bulk.commands.inputs import gather_inputs
+from bulk.commands.inputs import first_packet_ns, gather_inputs, packet_window
 from bulk.errors import EXIT_BAD_INPUT
-from tests.conftest import DATA, run_bulk
+from bulk.trace.source import open_direct
+from tests.conftest import DATA, TRACES, require_tool, run_bulk
 
 TRACE = str(DATA / "dns_udp.pcap")
 
@@ -60,3 +63,34 @@ def test_listed_are_the_directory_traces_only(tmp_path: Path) -> None:
     paths, listed = gather_inputs([TRACE], [str(d)], include_open=False, how="")
     assert paths == [TRACE, str(d / name)]
     assert listed == {str(d / name)}
+
+
+def _tcpdump_first_ns(path: Path) -> int | None:
+    proc = subprocess.run(
+        [require_tool("tcpdump"), "--nano", "-tt", "-n", "-c", "1", "-r", str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if not proc.stdout:
+        return None
+    sec, frac = proc.stdout.split()[0].split(".")
+    return int(sec) * 10**9 + int(frac)
+
+
+def test_the_reference_is_the_earliest_first_packet_as_tcpdump_reads_it() -> None:
+    firsts = {p: _tcpdump_first_ns(p) for p in TRACES}
+    expected = min(t for t in firsts.values() if t is not None)
+    assert first_packet_ns([str(p) for p in TRACES], open_direct) == expected
+    for p, t in firsts.items():
+        assert first_packet_ns([str(p)], open_direct) == t, p
+    assert packet_window(None, None, ["-"], open_direct) == (None, None)  # stdin is fine then
+
+
+def test_backdoor_and_contents_refuse_a_relative_time_on_stdin(tmp_path: Path) -> None:
+    trace = (DATA / "dns_udp.pcap").read_bytes()
+    lines = []
+    for argv in (["backdoor", "-r", "-"], ["contents", "-r", "-", "-o", str(tmp_path / "c")]):
+        proc = run_bulk(*argv, "--start", "+1", input=trace)
+        assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
+        (line,) = proc.stderr.decode().splitlines()
+        lines.append(line.split(": ", 1)[1])
+    assert lines[0] == lines[1] and "needs file inputs" in lines[0]
