@@ -4,21 +4,34 @@ Generic path: ``bulk.trace.iter_packets`` (any input: pcap, pcapng, gzip,
 zstd, stdin; several files merged in time order; time window; BPF) into the
 one flow table with the backdoor analyzer.
 
-Fast path (plain pcap/pcapng files, no time window): libpcap reads each file
-and pcapy-ng's ``loop_filtered`` classifies every packet in C, so that only
-the first ``flow_cutoff`` packets of each IPv4 flow direction ever become
-Python objects. Those heads go to the same flow table and analyzer. IPv4 is
-what the C classifier understands (VLAN tags skipped); everything else (IPv6,
-MPLS, ...) is read in a second libpcap pass with the BPF ``not ip`` and goes
-to the table in full, where the analyzer's own cut-off (DONE) stops the
-reassembly of decided connections. Files are read one after the other
-(sorted by their first packet), sharing one flow table, so a connection that
-spans two rotated files is one connection.
+Fast path (plain pcap/pcapng files, no time window): only the first
+``flow_cutoff`` head packets of each IPv4 flow direction become Python
+objects, and none of a connection the analyzer has decided. Files are read
+one after the other (sorted by their first packet), sharing one flow table,
+so a connection that spans two rotated files is one connection.
 
-Without a user filter, the first pass also drops pure ACKs in C (BPF: SYN,
-FIN or RST set, or a payload), so the cut-off counts packets that matter; and
-once the analyzer has decided a connection, the rest of its head packets are
-dropped in the callback by their raw address/port bytes, before decoding.
+Classic pcap files go through the *gate* (``csrc/flowgate.c`` built as
+``bulk._flowgate``; its Python twin :mod:`bulk.analyzers.flowgate` under
+``BULK_NO_NATIVE=1``): one pass over the file, in file order, that delivers
+exactly what the two libpcap passes below delivered (see ``_gate_file``):
+
+* IPv4 (untagged or under one or two VLAN tags): TCP heads only (BPF: SYN,
+  FIN or RST set, or a payload; or the user's filter), the first
+  ``flow_cutoff`` of each direction in each file;
+* everything else (IPv6, MPLS, ...) that is not IPv4: all of it, where the
+  analyzer's own cut-off (DONE) stops the reassembly of decided connections;
+* never a non-SYN packet of a decided connection (IPv4 without options, IPv6
+  with TCP after the fixed header): the analyzer puts both directions' raw
+  address/port bytes in the gate's done set when it decides, and takes them
+  out when the connection ends.
+
+pcapng files (and link types whose records may exceed 262144 bytes) go to
+libpcap with pcapy-ng's ``loop_filtered``, which classifies every packet in
+C: a first pass with the heads filter (or the user's) keeps the first
+``flow_cutoff`` packets of each IPv4 flow direction; a second pass with the
+BPF ``not ip`` reads the rest (its classes cannot tell "not IPv4" from "IPv4
+beyond the cut-off", hence two passes); decided connections' packets are
+dropped in the callback by the same done set.
 
 What the fast path cannot see: packets of a connection beyond its first
 ``flow_cutoff`` per direction. The analyzer needs fewer than that to decide
@@ -30,19 +43,22 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pcapy
 
+from bulk import native
+from bulk.analyzers import flowgate
 from bulk.analyzers.backdoor import BackdoorAnalyzer, BackdoorConfig, Finding
 from bulk.decode import PROTO_TCP, decode_fields
 from bulk.errors import TraceError, TruncatedTrace, Vanished
 from bulk.flow.table import FlowConfig, FlowTable, TableStats
 from bulk.trace import iter_packets, open_trace
-from bulk.trace.bpf import compile_bpf
+from bulk.trace.bpf import _LINKTYPE_TO_DLT, compile_bpf
 from bulk.trace.packet import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
@@ -72,6 +88,8 @@ HEADS_FILTER_ETHERNET = " or ".join(
 )
 _ETHERTYPE_OFFSET = {LINKTYPE_ETHERNET: 12, LINKTYPE_LINUX_SLL: 14}
 _PORTS = struct.Struct("!HH")
+# Link types libpcap allows records above 262144 bytes for (DBUS, USBPCAP, EBHSCR).
+_OTHER_MAX_SNAPLEN = frozenset({231, 249, 279})
 _WITH_SYN = frozenset(bytes([b]) for b in range(256) if b & 0x02)  # TCP flags bytes
 
 
@@ -80,6 +98,7 @@ class RunStats:
     """What one run read and how (for --stats and the benchmark)."""
 
     path: str = "generic"  # "fast" or "generic"
+    gate: str = ""  # fast path: the packet gate that read the classic pcap files ("c", "python")
     files: int = 0
     packets_to_python: int = 0
     packets_dropped_in_c: int = 0
@@ -123,17 +142,20 @@ def run(
     if fast is None:
         fast = fast_path_ok(paths, start_ns, end_ns)
     stats = RunStats()
-    decided: set[bytes] = set()
+    impl = gate_module()
+    decided = impl.Gate()  # the done set (and, for classic pcap files, the reader)
     if fast:
         keys: dict[Flow, tuple[bytes, bytes]] = {}
-        analyzer = BackdoorAnalyzer(cfg, emit, partial(_add_keys, decided, keys),
-                                    partial(_drop_keys, decided, keys))
+        analyzer = BackdoorAnalyzer(
+            cfg, emit, partial(_add_keys, decided, keys), partial(_drop_keys, decided, keys)
+        )
     else:
         analyzer = BackdoorAnalyzer(cfg, emit)
     table = FlowTable([analyzer], flow_config())
     if fast:
         stats.path = "fast"
         _run_fast(paths, table, bpf, flow_cutoff, stats, decided=decided, opener=opener)
+        stats.gate = "python" if impl is flowgate else "c"
     else:
         try:
             table.run(iter_packets(paths, start_ns, end_ns, bpf, opener))
@@ -152,16 +174,19 @@ def _keys(flow: Flow) -> tuple[bytes, bytes]:
     each direction (IPv4 header bytes 12..24 without options; IPv6 bytes 8..44
     with TCP right after the fixed header)."""
     o, r = flow.orig_addr, flow.resp_addr
-    return (o + r + _PORTS.pack(flow.orig_p, flow.resp_p),
-            r + o + _PORTS.pack(flow.resp_p, flow.orig_p))
+    return (
+        o + r + _PORTS.pack(flow.orig_p, flow.resp_p),
+        r + o + _PORTS.pack(flow.resp_p, flow.orig_p),
+    )
 
 
-def _add_keys(decided: set[bytes], keys: dict[Flow, tuple[bytes, bytes]], flow: Flow) -> None:
+def _add_keys(decided: flowgate.Gate, keys: dict[Flow, tuple[bytes, bytes]], flow: Flow) -> None:
     keys[flow] = both = _keys(flow)  # 12 bytes for IPv4, 36 for IPv6: never confused
-    decided.update(both)
+    decided.add(both[0])
+    decided.add(both[1])
 
 
-def _drop_keys(decided: set[bytes], keys: dict[Flow, tuple[bytes, bytes]], flow: Flow) -> None:
+def _drop_keys(decided: flowgate.Gate, keys: dict[Flow, tuple[bytes, bytes]], flow: Flow) -> None:
     both = keys.pop(flow, None)  # None: never decided
     if both is not None:
         decided.discard(both[0])
@@ -183,7 +208,7 @@ def _run_fast(
     cutoff: int,
     stats: RunStats,
     *,
-    decided: set[bytes],
+    decided: flowgate.Gate,
     opener: Opener = open_direct,
 ) -> None:
     order = []
@@ -218,7 +243,7 @@ def _fast_file(
     *,
     stats: RunStats,
     errors: list[TraceError],
-    decided: set[bytes],
+    decided: flowgate.Gate,
     opener: Opener = open_direct,
 ) -> None:
     """One file, opened once: libpcap's passes reopen it by its descriptor, so
@@ -242,10 +267,83 @@ def _fast_file(
                 errors.append(exc)
             stats.packets_to_python += table.stats.packets - before
             return
-        _fast_passes(source, where, table, bpf, cutoff, stats=stats, errors=errors,
-                     decided=decided)  # fmt: skip
+        head = flowgate.prepare(fd)
+        if head is not None and head.linktype not in _OTHER_MAX_SNAPLEN:
+            _gate_file(fd, head, where, table, bpf, cutoff, stats=stats, errors=errors,
+                       gate=decided)  # fmt: skip
+        else:  # pcapng (or a link type whose records may be larger): libpcap reads it
+            _fast_passes(source, where, table, bpf, cutoff, stats=stats, errors=errors,
+                         decided=decided)  # fmt: skip
     finally:
         os.close(fd)
+
+
+def gate_module() -> Any:
+    """``bulk._flowgate`` when built and enabled, else its twin :mod:`bulk.analyzers.flowgate`."""
+    return native.load("flowgate") or flowgate
+
+
+def _gate_file(  # noqa: PLR0917 - as _fast_passes
+    fd: int,
+    head: flowgate.FileHeader,
+    path: str,
+    table: FlowTable,
+    bpf: str | None,
+    cutoff: int,
+    *,
+    stats: RunStats,
+    errors: list[TraceError],
+    gate: flowgate.Gate,
+) -> None:
+    """One classic pcap file through the gate, in one pass: the packets the two
+    libpcap passes below would hand to Python (see csrc/flowgate.c), no others."""
+    impl = sys.modules[type(gate).__module__]  # bulk._flowgate or its twin: their errors
+    dlt = _gate_open(gate, fd, head, bpf, cutoff)
+    tstats = table.stats
+    process = table.process_decoded
+    before = gate.stats()
+    try:
+        for ts, wirelen, data in gate:
+            d = decode_fields(ts, wirelen, dlt, data)
+            if d is None:
+                tstats.packets += 1
+                tstats.undecodable += 1
+            else:
+                process(d)
+    except impl.TruncatedError as exc:
+        errors.append(TruncatedTrace(path, None, str(exc)))
+    except impl.CorruptError as exc:
+        errors.append(TraceError(path, None, str(exc)))
+    except OSError as exc:
+        errors.append(open_error(path, exc))
+    after = gate.stats()
+    stats.packets_to_python += after["delivered"] - before["delivered"]
+    stats.packets_skipped += after["skipped"] - before["skipped"]
+    stats.packets_dropped_in_c += (after["records"] - before["records"]) - (
+        after["candidates"] - before["candidates"]
+    )
+
+
+def _gate_open(
+    gate: flowgate.Gate, fd: int, head: flowgate.FileHeader, bpf: str | None, cutoff: int
+) -> int:
+    """Start ``gate`` on the file open on ``fd``; returns libpcap's link type (DLT)."""
+    linktype = head.linktype
+    dlt = _LINKTYPE_TO_DLT.get(linktype, linktype)  # what libpcap calls it
+    known = _L2_OFFSET.get(dlt)
+    if known is None:
+        # The classifier does not know this link type: every packet (the filter's).
+        heads, other = None, flowgate.programs([bpf], linktype)[0]
+        l2 = et_off = -1
+    else:
+        exprs: list[str | None] = [
+            bpf or (HEADS_FILTER_ETHERNET if dlt == LINKTYPE_ETHERNET else HEADS_FILTER),
+            f"not ip and ({bpf})" if bpf else "not ip",
+        ]
+        heads, other = flowgate.programs(exprs, linktype)
+        l2, et_off = known, _ETHERTYPE_OFFSET.get(dlt, -1)
+    gate.open(fd, head.swapped, head.nsec, head.snaplen, l2, et_off, cutoff, heads, other)
+    return dlt
 
 
 def _pin(path: str) -> tuple[int, str]:
@@ -262,7 +360,7 @@ def _fast_passes(
     *,
     stats: RunStats,
     errors: list[TraceError],
-    decided: set[bytes],
+    decided: flowgate.Gate,
 ) -> None:
     """libpcap's passes over ``source`` (the file ``path``)."""
     tstats = table.stats
@@ -294,7 +392,10 @@ def _fast_passes(
         before = tstats.packets
         try:
             counts = reader.loop_filtered(
-                -1, deliver if i == 0 else deliver6, admit_mask=mask, flow_cutoff=flow_cutoff,
+                -1,
+                deliver if i == 0 else deliver6,
+                admit_mask=mask,
+                flow_cutoff=flow_cutoff,
                 l2_offset=known or 0,
             )
         except pcapy.PcapError as exc:
@@ -309,7 +410,7 @@ def _fast_passes(
 
 
 def _deliverer(
-    table: FlowTable, linktype: int, l2: int | None, decided: set[bytes], version: int = 4
+    table: FlowTable, linktype: int, l2: int | None, decided: flowgate.Gate, version: int = 4
 ) -> Callable[[pcapy.Pkthdr, bytes, int], None]:
     """The per-packet callback of libpcap's passes: a packet of a connection
     the analyzer has decided is dropped by one set lookup on its raw address and
@@ -338,13 +439,13 @@ def _deliverer(
     et_hi = et_lo + 2 if linktype in _ETHERTYPE_OFFSET else et_lo
     if linktype not in _ETHERTYPE_OFFSET:
         ethertype = b""  # raw IP: the version nibble decides
-    if l2 is None:
-        decided = set()  # link type unknown to us: no skipping
+    no_skipping: frozenset[bytes] = frozenset()
+    done: flowgate.Gate | frozenset[bytes] = no_skipping if l2 is None else decided
     # (A packet cut before its TCP flags has no SYN to keep.)
 
     def deliver(hdr: pcapy.Pkthdr, data: bytes, _cls: int) -> None:
         if (
-            data[key_lo:key_hi] in decided
+            data[key_lo:key_hi] in done
             and data[ver_at] & ver_mask == ver_val
             and data[proto_at] == proto
             and data[et_lo:et_hi] == ethertype

@@ -1,0 +1,345 @@
+"""The packet gate of `bulk backdoor`'s fast path, in Python: the twin of ``bulk._flowgate``.
+
+A gate reads one classic pcap file after another (``open`` then iterate) and
+yields ``(ts_ns, wirelen, data)`` for the packets the backdoor analysis needs,
+in file order; the others never become Python objects in the C version. It
+also holds the *done set*: the raw address and port bytes of both directions
+of every connection the analyzer has decided (``add`` / ``discard``), whose
+further packets (never a SYN) are skipped at the moment they would be
+yielded. What is selected is documented in ``csrc/flowgate.c``; this module
+does exactly the same, slowly (``BULK_NO_NATIVE=1``, or no C compiler).
+
+:func:`prepare` reads and checks a file's header and :func:`programs` compiles
+the BPF programs a file needs (libpcap's compiler, through pcapy-ng), for
+both versions.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from bulk.trace.bpf import compile_bpf
+
+CHUNK = 1 << 20
+MAX_CAPLEN = 262144  # libpcap's maximum for the link types the gate reads
+_MAGIC_US = 0xA1B2C3D4
+_MAGIC_NS = 0xA1B23C4D
+
+Insn = tuple[int, int, int, int]
+
+
+class TruncatedError(Exception):
+    """The file ends inside a record (libpcap's message)."""
+
+
+class CorruptError(Exception):
+    """A record's captured length is impossible (libpcap's message)."""
+
+
+class FileHeader(NamedTuple):
+    swapped: bool  # big-endian file: records need byte swapping (little-endian host)
+    nsec: bool
+    snaplen: int
+    linktype: int
+
+
+def prepare(fd: int) -> FileHeader | None:
+    """The header of the classic pcap file open on ``fd``; None when it is not
+    one (pcapng, compressed, too short: the caller takes another path)."""
+    head = os.pread(fd, 24, 0)
+    if len(head) < 24:
+        return None
+    for order in ("<", ">"):
+        magic, _maj, _min, _zone, _sig, snaplen, network = struct.unpack(order + "IHHiIII", head)
+        if magic in (_MAGIC_US, _MAGIC_NS):
+            return FileHeader(order == ">", magic == _MAGIC_NS, snaplen, network & 0xFFFF)
+    return None
+
+
+def prepare_path(path: str | os.PathLike[str]) -> FileHeader | None:
+    """:func:`prepare` on the file at ``path``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return prepare(fd)
+    finally:
+        os.close(fd)
+
+
+def programs(expressions: list[str | None], linktype: int) -> list[list[Insn] | None]:
+    """Each expression compiled by libpcap for ``linktype`` (None stays None)."""
+    return [
+        None if e is None else [tuple(i) for i in compile_bpf(e, linktype).get_bpf()]
+        for e in expressions
+    ]
+
+
+def bpf(program: list[Insn], data: bytes, wirelen: int) -> int:
+    """libpcap's ``bpf_filter`` (what the C gate runs): the return value, 0 to reject."""
+    a = x = 0
+    mem = [0] * 16
+    buflen = len(data)
+    pc = 0
+    while True:
+        code, jt, jf, k = program[pc]
+        pc += 1
+        cls = code & 0x07
+        if cls == 0x06:  # RET
+            return k if code & 0x18 == 0 else a
+        if cls in (0x00, 0x01):  # LD, LDX
+            mode = code & 0xE0
+            size = code & 0x18
+            if mode in {0x20, 0x40}:  # ABS, IND (LD only)
+                off = k + (x if mode == 0x40 else 0)
+                n = 4 if size == 0 else 2 if size == 0x08 else 1
+                if k > buflen or (mode == 0x40 and x > buflen - k) or n > buflen - off:
+                    return 0
+                a = int.from_bytes(data[off : off + n], "big")
+                continue
+            if mode == 0xA0:  # LDX MSH
+                if k >= buflen:
+                    return 0
+                x = (data[k] & 0x0F) << 2
+                continue
+            v = k if mode == 0x00 else wirelen if mode == 0x80 else mem[k]
+            if cls == 0x00:
+                a = v
+            else:
+                x = v
+            continue
+        if cls == 0x02:
+            mem[k] = a
+            continue
+        if cls == 0x03:
+            mem[k] = x
+            continue
+        if cls == 0x05:  # JMP
+            op = code & 0xF0
+            if op == 0x00:
+                pc += k
+                continue
+            v = x if code & 0x08 else k
+            if op == 0x10:
+                ok = a == v
+            elif op == 0x20:
+                ok = a > v
+            elif op == 0x30:
+                ok = a >= v
+            else:
+                ok = bool(a & v)
+            pc += jt if ok else jf
+            continue
+        if cls == 0x07:  # MISC
+            if code & 0xF8 == 0x00:
+                x = a
+            else:
+                a = x
+            continue
+        # ALU
+        op = code & 0xF0
+        v = x if code & 0x08 else k
+        if op == 0x00:
+            a = (a + v) & 0xFFFFFFFF
+        elif op == 0x10:
+            a = (a - v) & 0xFFFFFFFF
+        elif op == 0x20:
+            a = (a * v) & 0xFFFFFFFF
+        elif op in (0x30, 0x90):
+            if v == 0:
+                return 0
+            a = a // v if op == 0x30 else a % v
+        elif op == 0x40:
+            a |= v
+        elif op == 0x50:
+            a &= v
+        elif op == 0x60:
+            a = (a << (v & 31)) & 0xFFFFFFFF
+        elif op == 0x70:
+            a >>= v & 31
+        elif op == 0x80:
+            a = -a & 0xFFFFFFFF
+        else:
+            a ^= v
+
+
+def flow_key(p: bytes, l2: int) -> bytes | None:
+    """pcapy-ng's IPv4 flow key of one direction (see csrc/flowgate.c), or None."""
+    n = len(p)
+    tags = 0
+    while True:
+        if n < l2 + 20:
+            return None
+        if p[l2] >> 4 == 4:
+            break
+        if tags >= 2 or l2 < 2:
+            return None
+        if p[l2 - 2 : l2] in (b"\x81\x00", b"\x88\xa8"):
+            l2 += 4
+            tags += 1
+        else:
+            return None
+    ihl = (p[l2] & 0x0F) * 4
+    proto = p[l2 + 9]
+    if ihl < 20 or proto not in (6, 17) or n < l2 + ihl + 4:
+        return None
+    return p[l2 + 12 : l2 + 20] + p[l2 + ihl : l2 + ihl + 4] + bytes([proto])
+
+
+class Gate:
+    """The Python twin of ``bulk._flowgate.Gate``: same calls, same packets."""
+
+    def __init__(self) -> None:
+        self._done: set[bytes] = set()
+        self._iter: Iterator[tuple[int, int, bytes]] | None = None
+        self._stats = {"records": 0, "candidates": 0, "delivered": 0, "skipped": 0}
+
+    def add(self, key: bytes) -> None:
+        self._check(key)
+        self._done.add(bytes(key))
+
+    def discard(self, key: bytes) -> None:
+        self._check(key)
+        self._done.discard(bytes(key))
+
+    @staticmethod
+    def _check(key: bytes) -> None:
+        if not 1 <= len(key) <= 36:
+            raise ValueError("a done-set key has 1 to 36 bytes")
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._done
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    def open(  # noqa: PLR0917 - the C signature
+        self,
+        fd: int,
+        swapped: bool,
+        nsec: bool,
+        snaplen: int,
+        l2: int,
+        et_off: int,
+        cutoff: int,
+        heads: list[Insn] | None,
+        other: list[Insn] | None,
+    ) -> None:
+        if l2 >= 0 and (heads is None or other is None):
+            raise ValueError("a known link layer needs both programs")
+        snapshot = MAX_CAPLEN if snaplen == 0 or snaplen > MAX_CAPLEN else snaplen
+        self._iter = self._packets(fd, swapped, nsec, snapshot, l2, et_off, cutoff, heads, other)
+
+    def __iter__(self) -> Gate:
+        return self
+
+    def __next__(self) -> tuple[int, int, bytes]:
+        if self._iter is None:
+            raise StopIteration
+        try:
+            return next(self._iter)
+        except BaseException:
+            self._iter = None
+            raise
+
+    def _done_key(self, p: bytes, l2: int, et_off: int) -> bytes | None:
+        """The done-set key of a non-SYN packet (None: SYN, or not of that shape)."""
+        n = len(p)
+        if n >= l2 + 24 and p[l2] == 0x45 and (et_off < 0 or p[et_off : et_off + 2] == b"\x08\x00"):
+            if n > l2 + 33 and p[l2 + 33] & 0x02:
+                return None
+            return p[l2 + 12 : l2 + 24]
+        if (
+            n >= l2 + 44
+            and p[l2] & 0xF0 == 0x60
+            and p[l2 + 6] == 6
+            and (et_off < 0 or p[et_off : et_off + 2] == b"\x86\xdd")
+        ):
+            if n > l2 + 53 and p[l2 + 53] & 0x02:
+                return None
+            return p[l2 + 8 : l2 + 44]
+        return None
+
+    def _packets(  # noqa: PLR0917
+        self,
+        fd: int,
+        swapped: bool,
+        nsec: bool,
+        snapshot: int,
+        l2: int,
+        et_off: int,
+        cutoff: int,
+        heads: list[Insn] | None,
+        other: list[Insn] | None,
+    ) -> Iterator[tuple[int, int, bytes]]:
+        header = struct.Struct(">IIII" if swapped else "<IIII").unpack_from
+        frac_ns = 1 if nsec else 1000
+        counts: dict[bytes, int] = {}
+        stats = self._stats
+        done = self._done
+        offset = 24
+        buf = b""
+        while True:
+            more = os.pread(fd, CHUNK, offset)
+            offset += len(more)
+            buf += more
+            pos = 0
+            error: Exception | None = None
+            cands = []
+            while len(buf) - pos >= 16:
+                sec, frac, caplen, wirelen = header(buf, pos)
+                if caplen > MAX_CAPLEN:
+                    if snapshot < MAX_CAPLEN:
+                        why = f"bigger than snaplen of {snapshot}"
+                    else:
+                        why = f"bigger than maximum of {MAX_CAPLEN}"
+                    error = CorruptError(f"invalid packet capture length {caplen}, {why}")
+                    break
+                if len(buf) - pos - 16 < caplen:
+                    break
+                stats["records"] += 1
+                data = buf[pos + 16 : pos + 16 + min(caplen, snapshot)]
+                pos += 16 + caplen
+                if l2 < 0:
+                    take = other is None or bpf(other, data, wirelen) != 0
+                else:
+                    key = flow_key(data, l2)
+                    if key is not None:
+                        take = False
+                        if bpf(heads, data, wirelen) != 0:  # type: ignore[arg-type]
+                            before = counts.get(key, 0)
+                            counts[key] = before + 1
+                            take = before < cutoff
+                    else:
+                        take = bpf(other, data, wirelen) != 0  # type: ignore[arg-type]
+                if take:
+                    cands.append((sec * 1_000_000_000 + frac * frac_ns, wirelen, data))
+            stats["candidates"] += len(cands)
+            for cand in cands:
+                if l2 >= 0 and done:
+                    k = self._done_key(cand[2], l2, et_off)
+                    if k is not None and k in done:
+                        stats["skipped"] += 1
+                        continue
+                stats["delivered"] += 1
+                yield cand
+            if error is not None:
+                raise error
+            buf = buf[pos:]
+            if not more:
+                if buf:
+                    if len(buf) < 16:
+                        raise TruncatedError(
+                            f"truncated dump file; tried to read 16 header bytes, "
+                            f"only got {len(buf)}"
+                        )
+                    want = min(header(buf, 0)[2], snapshot)
+                    got = min(len(buf) - 16, want)
+                    raise TruncatedError(
+                        f"truncated dump file; tried to read {want} captured bytes, only got {got}"
+                    )
+                return

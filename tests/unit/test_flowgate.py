@@ -1,0 +1,518 @@
+"""The backdoor fast path's packet gate: bulk._flowgate (csrc/flowgate.c) against
+its Python twin (bulk.analyzers.flowgate), both against libpcap.
+
+* BPF: the gate's interpreter (C and Python) against libpcap's own
+  ``bpf_filter`` (pcapy-ng's ``BPFProgram.filter``) and against libpcap's
+  savefile reader with the filter set (``open_offline`` + ``setfilter``, where
+  the wire length is the record's).
+* Selection: with nothing decided, the gate hands Python exactly the packets
+  libpcap's two passes with pcapy-ng's ``loop_filtered`` handed it before.
+* Findings: `bulk backdoor` with the C gate and with the twin, identical JSON
+  (every field) and counters, on every corpus trace and on damaged copies
+  (cut anywhere, an impossible captured length, a small snapshot length).
+* The gate's own rules on built packets: done set both directions, IPv4 and
+  IPv6, SYN never skipped, VLAN-tagged packets, per-direction cut-off, pure
+  ACKs, link types the classifier does not know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pcapy
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bulk import native
+from bulk.analyzers import backdoor_run, flowgate
+from bulk.analyzers.backdoor import BackdoorConfig
+from bulk.analyzers.standard_ports import StandardPorts
+from bulk.errors import FilterError, TraceError
+from bulk.trace import PcapWriter, open_trace
+from bulk.trace.bpf import _LINKTYPE_TO_DLT as LINKTYPE_TO_DLT
+from bulk.trace.bpf import compile_bpf
+from bulk.trace.packet import LINKTYPE_ETHERNET, Packet
+from tests.conftest import DATA
+from tests.pktbuild import ACK, FIN, Conn, ether, ipv4, tcp_header
+
+C: Any = native.load("flowgate")
+needs_c = pytest.mark.skipif(C is None, reason="bulk._flowgate not built (no C compiler?)")
+
+CLASSIC = sorted(
+    p for p in DATA.iterdir() if p.suffix == ".pcap" and flowgate.prepare_path(p) is not None
+)
+FILTERS = [
+    None,  # the heads filter of the link type (or 'not ip')
+    "not ip",
+    "tcp port 80",
+    "vlan and tcp",
+    "ip6 and tcp",
+    "greater 100",
+    "len > 60 and tcp[13] & 2 != 0",
+    "ip[0] & 0xf != 5 or udp",
+    "tcp[tcpflags] & tcp-push != 0 and (ip[2:2] / 3) % 7 == 1",
+]
+
+
+def _packets(path: Path) -> list[Packet]:
+    out: list[Packet] = []
+    try:
+        with open_trace(str(path)) as reader:
+            out.extend(reader)
+    except TraceError:
+        pass
+    return out
+
+
+def _expr(expr: str | None, linktype: int) -> str:
+    if expr is not None:
+        return expr
+    if linktype == LINKTYPE_ETHERNET:
+        return backdoor_run.HEADS_FILTER_ETHERNET
+    return backdoor_run.HEADS_FILTER
+
+
+# ---------------------------------------------------------------- BPF
+
+
+@needs_c
+@pytest.mark.parametrize("expr", FILTERS)
+def test_bpf_interpreters_match_libpcap(expr: str | None) -> None:
+    checked = 0
+    for path in sorted(DATA.glob("*.pcap*")):
+        for pkt in _packets(path):
+            try:
+                prog = compile_bpf(_expr(expr, pkt.linktype), pkt.linktype)
+            except TraceError:
+                continue
+            except Exception:  # noqa: BLE001 - a filter this link type cannot have
+                continue
+            insns = prog.get_bpf()
+            want = prog.filter(pkt.data)  # libpcap: wire length = captured length
+            assert C.bpf(insns, pkt.data, len(pkt.data)) == want, (path.name, expr)
+            assert flowgate.bpf(insns, pkt.data, len(pkt.data)) == want, (path.name, expr)
+            # with the real wire length: C and Python agree
+            assert C.bpf(insns, pkt.data, pkt.wirelen) == flowgate.bpf(insns, pkt.data, pkt.wirelen)
+            checked += 1
+    assert checked > 1000
+
+
+@needs_c
+@given(
+    data=st.binary(max_size=120), wirelen=st.integers(0, 2**32 - 1), which=st.sampled_from(FILTERS)
+)
+def test_bpf_on_garbage(data: bytes, wirelen: int, which: str | None) -> None:
+    prog = compile_bpf(_expr(which, LINKTYPE_ETHERNET), LINKTYPE_ETHERNET)
+    insns = prog.get_bpf()
+    assert C.bpf(insns, data, len(data)) == prog.filter(data)
+    assert C.bpf(insns, data, wirelen) == flowgate.bpf(insns, data, wirelen)
+
+
+@needs_c
+@pytest.mark.parametrize("expr", ["greater 200", "less 80", "len >= 1000 and tcp"])
+def test_bpf_wire_length_as_libpcaps_reader(tmp_path: Path, expr: str) -> None:
+    # A copy cut to 96 bytes a packet: wire length > captured length.
+    src = DATA / "zeek-smtp.pcap"
+    cut = tmp_path / "cut.pcap"
+    with open_trace(str(src)) as reader, cut.open("wb") as fh:
+        w = PcapWriter(fh, reader.linktype, snaplen=96)
+        for p in reader:
+            w.write(Packet(p.ts_ns, p.wirelen, p.linktype, p.data[:96]))
+        w.close()
+    r = pcapy.open_offline(str(cut))
+    r.setfilter(expr)
+    want = []
+    while True:
+        hdr, data = r.next()
+        if hdr is None:
+            break
+        want.append((hdr.getlen(), data))
+    insns = compile_bpf(expr, LINKTYPE_ETHERNET).get_bpf()
+    pkts = _packets(cut)
+    assert [(p.wirelen, p.data) for p in pkts if C.bpf(insns, p.data, p.wirelen)] == want
+    assert want and len(want) < len(pkts)
+
+
+@needs_c
+def test_bad_programs_are_refused() -> None:
+    ok = [(6, 0, 0, 1)]
+    assert C.bpf(ok, b"", 0) == 1
+    for bad in (
+        [],
+        [(0x15, 5, 0, 1), (6, 0, 0, 1)],
+        [(0x28, 0, 0, 12)],
+        [(0xFFFF, 0, 0, 0)],
+        [(0x02, 0, 0, 16), (6, 0, 0, 1)],
+        "x",
+        [(1, 2)],
+    ):
+        with pytest.raises((ValueError, TypeError)):
+            C.bpf(bad, b"", 0)
+
+
+# ---------------------------------------------------------------- selection
+
+
+def _gate_packets(impl: Any, path: Path, expr: str | None = None) -> list[tuple[int, int, bytes]]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        head = flowgate.prepare(fd)
+        assert head is not None
+        gate = impl.Gate()
+        backdoor_run._gate_open(gate, fd, head, expr, 16)
+        out = []
+        try:
+            out.extend(gate)
+        except (impl.TruncatedError, impl.CorruptError):
+            pass
+        return out
+    finally:
+        os.close(fd)
+
+
+def _libpcap_passes(path: Path, expr: str | None = None) -> list[tuple[int, bytes]]:
+    """What the two libpcap passes of loop_filtered handed Python (the old fast path)."""
+    head = flowgate.prepare_path(path)
+    assert head is not None
+    dlt = LINKTYPE_TO_DLT.get(head.linktype, head.linktype)
+    known = backdoor_run._L2_OFFSET.get(dlt)
+    if known is None:
+        passes = [(expr, 3, 2**31 - 1)]
+    else:
+        heads = _expr(None, dlt)
+        passes = [
+            (expr or heads, 2, 16),
+            (f"not ip and ({expr})" if expr else "not ip", 1, 2**31 - 1),
+        ]
+    got: list[tuple[int, bytes]] = []
+    for flt, mask, cutoff in passes:
+        r = pcapy.open_offline(str(path))
+        if flt:
+            r.setfilter(flt)
+        try:
+            r.loop_filtered(
+                -1,
+                lambda h, d, _c: got.append((h.getlen(), d)),
+                admit_mask=mask,
+                flow_cutoff=cutoff,
+                l2_offset=known or 0,
+            )
+        except pcapy.PcapError:
+            pass
+        r.close()
+    return got
+
+
+@needs_c
+@pytest.mark.parametrize("expr", [None, "tcp port 80 or ip6", "vlan"])
+@pytest.mark.parametrize("path", CLASSIC, ids=[p.name for p in CLASSIC])
+def test_selection_is_libpcaps_two_passes(path: Path, expr: str | None) -> None:
+    try:
+        new = _gate_packets(C, path, expr)
+    except FilterError:
+        pytest.skip(f"{expr!r} cannot be compiled for this link type")
+    assert Counter((w, d) for _, w, d in new) == Counter(_libpcap_passes(path, expr))
+    assert new == _gate_packets(flowgate, path, expr)
+
+
+# ---------------------------------------------------------------- findings, C vs Python
+
+
+def _run(path: Path, native_on: bool, mp: pytest.MonkeyPatch, **kw: Any) -> dict[str, Any]:
+    if native_on:
+        mp.delenv("BULK_NO_NATIVE", raising=False)
+    else:
+        mp.setenv("BULK_NO_NATIVE", "1")
+    found: list[Any] = []
+    cfg = BackdoorConfig(standard=StandardPorts.load(None, ()), report_standard=True)
+    error = None
+    try:
+        stats = backdoor_run.run([str(path)], cfg, found.append, **kw)
+    except TraceError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        stats = None
+    return {
+        "findings": [json.dumps(f.to_json(), sort_keys=True) for f in found],
+        "error": error,
+        "stats": None
+        if stats is None
+        else (
+            stats.packets_to_python,
+            stats.packets_skipped,
+            stats.packets_dropped_in_c,
+            stats.flows,
+        ),
+        "gate": None if stats is None else stats.gate,
+    }
+
+
+def _same(path: Path, mp: pytest.MonkeyPatch, **kw: Any) -> dict[str, Any]:
+    c = _run(path, True, mp, **kw)
+    py = _run(path, False, mp, **kw)
+    assert c["gate"] in ("c", None) and py["gate"] in ("python", None)
+    c.pop("gate")
+    py.pop("gate")
+    assert c == py, path.name
+    return c
+
+
+@needs_c
+@pytest.mark.parametrize("path", CLASSIC, ids=[p.name for p in CLASSIC])
+def test_findings_c_and_python_on_the_corpus(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _same(path, monkeypatch)
+    _same(path, monkeypatch, bpf="tcp")
+
+
+def _damaged(src: Path, dst: Path, rng: random.Random) -> Iterator[Path]:
+    raw = src.read_bytes()
+    little = raw[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+    u32 = "<I" if little else ">I"
+    for cut in sorted(rng.sample(range(24, len(raw)), min(4, len(raw) - 24))):
+        dst.write_bytes(raw[:cut])  # cut anywhere (mid header, mid record)
+        yield dst
+    offs = []
+    pos = 24
+    while pos + 16 <= len(raw):
+        offs.append(pos)
+        pos += 16 + struct.unpack_from(u32, raw, pos + 8)[0]
+    if offs:
+        bad = bytearray(raw)
+        at = rng.choice(offs)
+        struct.pack_into(u32, bad, at + 8, rng.choice([262145, 2**32 - 1, 300000]))
+        dst.write_bytes(bytes(bad))  # an impossible captured length
+        yield dst
+    small = bytearray(raw)
+    struct.pack_into(u32, small, 16, 60)  # snapshot length 60: longer records are cut to it
+    dst.write_bytes(bytes(small))
+    yield dst
+
+
+@needs_c
+@pytest.mark.parametrize("path", CLASSIC, ids=[p.name for p in CLASSIC])
+def test_findings_c_and_python_on_damaged_copies(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(path.name)
+    for copy in _damaged(path, tmp_path / "damaged.pcap", rng):
+        _same(copy, monkeypatch)
+
+
+@needs_c
+def test_damage_is_reported_as_libpcap_reports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = (DATA / "zeek-smtp.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(raw[:-100])
+    res = _same(cut, monkeypatch)
+    r = pcapy.open_offline(str(cut))
+    with pytest.raises(pcapy.PcapError) as err:
+        while r.next()[0] is not None:
+            pass
+    assert res["error"] == f"TruncatedTrace: {cut}: {err.value}"
+    assert res["findings"]  # what came before the damage
+
+
+# ---------------------------------------------------------------- the gate's rules
+
+
+def _write(path: Path, pkts: list[Packet], linktype: int = LINKTYPE_ETHERNET) -> Path:
+    with path.open("wb") as fh:
+        w = PcapWriter(fh, linktype)
+        for p in pkts:
+            w.write(p)
+        w.close()
+    return path
+
+
+IMPLS = [pytest.param(C, id="c", marks=needs_c), pytest.param(flowgate, id="python")]
+
+
+class Reader:
+    """A gate over a file, read one packet at a time (decisions in between)."""
+
+    def __init__(self, impl: Any, path: Path, cutoff: int = 16) -> None:
+        self.impl = impl
+        self.fd = os.open(path, os.O_RDONLY)
+        head = flowgate.prepare(self.fd)
+        assert head is not None
+        self.gate = impl.Gate()
+        backdoor_run._gate_open(self.gate, self.fd, head, None, cutoff)
+
+    def datas(self) -> list[bytes]:
+        return [d for _, _, d in self.gate]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _keys(a: str, ap: int, b: str, bp: int) -> tuple[bytes, bytes]:
+    import ipaddress  # noqa: PLC0415
+
+    x, y = ipaddress.ip_address(a).packed, ipaddress.ip_address(b).packed
+    return x + y + struct.pack("!HH", ap, bp), y + x + struct.pack("!HH", bp, ap)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(("c", "s"), [("10.0.0.1", "10.0.0.2"), ("2001:db8::1", "2001:db8::2")])
+def test_done_set_both_directions_never_a_syn(impl: Any, c: str, s: str, tmp_path: Path) -> None:
+    conn = Conn(c=c, s=s, sp=5555)
+    first = [*conn.handshake(), conn.c2s(0, b"GET / HTTP/1.0\r\n\r\n")]
+    later = [
+        conn.s2c(0, b"HTTP/1.1 200 OK\r\n\r\n"),
+        conn.c2s(18, b"more"),
+        conn.syn(),
+        conn.s2c(19, b"", ACK | FIN),
+    ]
+    path = _write(tmp_path / "t.pcap", first + later)
+    rd = Reader(impl, path)
+    got = []
+    for _, _, data in rd.gate:
+        got.append(data)
+        if data == first[-1].data:  # decided after the request: both directions
+            for k in _keys(c, conn.cp, s, conn.sp):
+                rd.gate.add(k)
+    rd.close()
+    pure_ack = first[2].data  # an IPv4 pure ACK is no head; IPv6 is not cut (not IPv4)
+    want = [p.data for p in first if ":" in c or p.data != pure_ack] + [later[2].data]
+    assert got == want  # after the decision only the SYN
+    assert rd.gate.stats()["skipped"] == 3
+    assert len(rd.gate) == 2 and _keys(c, conn.cp, s, conn.sp)[1] in rd.gate
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_discard_lets_packets_through_again(impl: Any, tmp_path: Path) -> None:
+    conn = Conn()
+    pkts = [conn.c2s(i * 4, b"data") for i in range(6)]
+    path = _write(tmp_path / "t.pcap", pkts)
+    rd = Reader(impl, path)
+    keys = _keys("10.0.0.1", conn.cp, "10.0.0.2", conn.sp)
+    got = []
+    for i, (_, _, data) in enumerate(rd.gate):
+        got.append(data)
+        if i == 0:
+            rd.gate.add(keys[0])
+            rd.gate.add(keys[1])
+        if i == 0:  # the connection ends at once: its keys go
+            rd.gate.discard(keys[0])
+    # keys[1] (the other direction) is still there: does not cover c2s packets.
+    rd.close()
+    assert got == [p.data for p in pkts]
+    assert keys[0] not in rd.gate and keys[1] in rd.gate
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cutoff_per_direction_and_file(impl: Any, tmp_path: Path) -> None:
+    conn = Conn()
+    c2s = [conn.c2s(i, b"x") for i in range(5)]
+    s2c = [conn.s2c(i, b"y") for i in range(5)]
+    path = _write(tmp_path / "t.pcap", [p for pair in zip(c2s, s2c, strict=True) for p in pair])
+    rd = Reader(impl, path, cutoff=3)
+    assert rd.datas() == [p.data for pair in zip(c2s[:3], s2c[:3], strict=True) for p in pair]
+    rd.close()
+    rd = Reader(impl, path, cutoff=3)  # a new file: counted afresh
+    assert len(rd.datas()) == 6
+    rd.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_vlan_tagged_heads_are_cut_off_but_not_skipped(impl: Any, tmp_path: Path) -> None:
+    # Tagged IPv4 heads pass the heads filter and the cut-off (pcapy-ng's
+    # classifier skips up to two tags); the done set covers untagged packets
+    # only (its keys lie at the untagged offsets), as before.
+    def tagged(p: Packet, vlans: tuple[int, ...]) -> Packet:
+        return Packet(
+            p.ts_ns, p.wirelen + 4 * len(vlans), p.linktype, ether(p.data[14:], 0x0800, vlans)
+        )
+
+    conn = Conn()
+    one = [tagged(conn.c2s(i, b"x"), (7,)) for i in range(4)]
+    two = [tagged(conn.s2c(i, b"y"), (7, 8)) for i in range(4)]
+    ack = tagged(conn.c2s(4, b"", ACK), (7,))
+    path = _write(tmp_path / "t.pcap", [*one, *two, ack])
+    rd = Reader(impl, path, cutoff=2)
+    for k in _keys("10.0.0.1", conn.cp, "10.0.0.2", conn.sp):
+        rd.gate.add(k)
+    assert rd.datas() == [p.data for p in (*one[:2], *two[:2])]
+    rd.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_not_ipv4_goes_through_whole(impl: Any, tmp_path: Path) -> None:
+    conn = Conn(c="2001:db8::1", s="2001:db8::2")
+    v6 = [conn.c2s(i, b"") for i in range(20)]  # pure ACKs, more than the cut-off
+    arp = Packet(v6[0].ts_ns, 42, LINKTYPE_ETHERNET, ether(b"\x00" * 28, 0x0806))
+    udp4 = Packet(
+        v6[0].ts_ns,
+        60,
+        LINKTYPE_ETHERNET,
+        ether(ipv4("10.0.0.1", "10.0.0.2", 17, b"\x00" * 12), 0x0800),
+    )
+    path = _write(tmp_path / "t.pcap", [*v6, arp, udp4])
+    rd = Reader(impl, path, cutoff=2)
+    assert rd.datas() == [p.data for p in [*v6, arp]]  # IPv4 UDP: not a head
+    rd.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unknown_link_type_delivers_everything(impl: Any, tmp_path: Path) -> None:
+    raw = [ipv4("10.0.0.1", "10.0.0.2", 6, tcp_header(1, 2, 3, 4, ACK)) for _ in range(20)]
+    pkts = [Packet(i, len(d), 101, d) for i, d in enumerate(raw)]  # LINKTYPE_RAW
+    path = _write(tmp_path / "t.pcap", pkts, linktype=101)
+    rd = Reader(impl, path, cutoff=2)
+    rd.gate.add(_keys("10.0.0.1", 1, "10.0.0.2", 2)[0])
+    assert rd.datas() == raw
+    rd.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_key_checks(impl: Any) -> None:
+    gate = impl.Gate()
+    for bad in (b"", b"x" * 37):
+        with pytest.raises(ValueError):
+            gate.add(bad)
+    gate.add(b"k" * 12)
+    gate.add(b"k" * 12)
+    gate.discard(b"absent")
+    assert len(gate) == 1 and b"k" * 12 in gate and b"k" * 36 not in gate
+    assert list(gate) == []  # nothing opened: nothing to read
+    for i in range(1, 5000):  # growth, and deleted slots reused
+        gate.add(i.to_bytes(12, "big"))
+        gate.discard((i - 1).to_bytes(12, "big"))
+    assert len(gate) == 2 and (4999).to_bytes(12, "big") in gate
+
+
+def test_prepare_refuses_what_is_not_classic_pcap(tmp_path: Path) -> None:
+    assert flowgate.prepare_path(DATA / "irc-dcc-send.pcapng") is None
+    short = tmp_path / "short.pcap"
+    short.write_bytes((DATA / "irc-basic.pcap").read_bytes()[:20])
+    assert flowgate.prepare_path(short) is None
+    head = flowgate.prepare_path(DATA / "tcp-handshake-nano.pcap")
+    assert head is not None and head.nsec
+
+
+@needs_c
+def test_cli_json_identical(tmp_path: Path) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    paths = [str(p) for p in CLASSIC]
+    outs = []
+    for env in ({}, {"BULK_NO_NATIVE": "1"}):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bulk", "backdoor", "--json", "--all", "--stats", "-r", *paths],
+            capture_output=True,
+            env={**os.environ, **env},
+            check=False,
+        )
+        outs.append((proc.returncode, proc.stdout, proc.stderr.replace(b"gate python", b"gate c")))
+    assert outs[0] == outs[1]
+    assert outs[0][1].count(b"\n") > 20
