@@ -450,7 +450,7 @@ class IndexedSource(Source):
                     k = next(it, -1)
                     if k < 0:
                         break
-                    ahead.append((k, pool.submit(_decode_frame, self.st, k, self._compressed(k))))
+                    ahead.append((k, pool.submit(self.st.decompress, k, self._compressed(k))))
                 if not ahead:
                     return
                 k, fut = ahead.popleft()
@@ -518,39 +518,6 @@ class IndexedSource(Source):
 
     def close(self) -> None:
         self.st.close()
-
-
-def _decode_frame(st: SeekableTrace, k: int, comp: bytes) -> bytes:
-    """Decompress frame ``k``. Both formats check their own checksum as they
-    decode (zstd frames carry XXH64, gzip members CRC-32), so the index's extra
-    CRC-32 is left to ``bulk compress``'s verification."""
-    import zlib  # noqa: PLC0415
-
-    import zstandard  # noqa: PLC0415
-
-    f = st.frames[k]
-    try:
-        if st.compression == "zstd":
-            # max_output_size is ignored when the frame header declares a size:
-            # a corrupt header must not make us allocate what it claims.
-            declared = zstandard.frame_content_size(comp)
-            if declared not in (f.decomp_size, -1):
-                raise zstandard.ZstdError(f"header declares {declared} bytes")
-            data = zstandard.ZstdDecompressor().decompress(comp, max_output_size=f.decomp_size)
-        else:
-            d = zlib.decompressobj(31)
-            data = d.decompress(comp, f.decomp_size + 1)  # never more than the index says
-            if len(data) <= f.decomp_size and not d.unconsumed_tail:
-                data += d.flush()
-    except (zstandard.ZstdError, zlib.error) as exc:
-        raise TraceError(st.path, f.comp_offset, f"frame {k} corrupt: {exc}") from None
-    if len(data) != f.decomp_size:
-        raise TraceError(
-            st.path,
-            f.comp_offset,
-            f"frame {k} holds {len(data)} bytes, the index says {f.decomp_size}",
-        )
-    return data
 
 
 def _deferring(stream: Iterator[Packet], source: StreamSource) -> Iterator[Packet]:

@@ -447,18 +447,18 @@ def test_bulk_compressed_open_decodes_no_frame(
 ) -> None:
     """Opening reads the pcap header from the start of frame 0 without decoding
     the frame; a window away from the start decodes only its own frames."""
-    from bulk.slicing import sources as sources_mod  # noqa: PLC0415
+    from bulk.trace import SeekableTrace  # noqa: PLC0415
 
     big, _parts = archive
     recs = pcap_records(big)
     decoded: list[int] = []
-    real = sources_mod._decode_frame
+    real = SeekableTrace.decompress
 
     def counting(st_: Any, k: int, comp: bytes) -> bytes:
         decoded.append(k)
         return real(st_, k, comp)
 
-    monkeypatch.setattr(sources_mod, "_decode_frame", counting)
+    monkeypatch.setattr(SeekableTrace, "decompress", counting)
     for fmt in ("zstd", "gzip"):
         comp = bulk_compressed(big, tmp_path, fmt)
         decoded.clear()
