@@ -11,6 +11,7 @@ hit far more often than uniformly random positions would hit them.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -111,6 +112,22 @@ class Pool(tuple[Base, ...]):
 
     def _repr_pretty_(self, p: object, cycle: bool) -> None:
         p.text(repr(self))  # type: ignore[attr-defined]
+
+
+def pick(data: st.DataObject, pool: tuple[Base, ...]) -> Base:
+    """One base trace (drawn by index: hypothesis prints drawn values in full)."""
+    i = data.draw(st.integers(0, len(pool) - 1), label=" | ".join(b.name for b in pool))
+    return pool[i]
+
+
+def fresh(work: Path) -> Path:
+    """``work`` emptied for the next example."""
+    for p in work.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return work
 
 
 @lru_cache(maxsize=1)

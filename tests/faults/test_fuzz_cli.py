@@ -10,9 +10,6 @@ sees. Each example has a deadline.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,16 @@ from hypothesis import strategies as st
 
 from tests.conftest import run_bulk
 from tests.faults.harness import assert_clean_cli, examples, run_cli
-from tests.faults.mutate import Base, Pool, bases, compressed_bases, mutations, write_case
+from tests.faults.mutate import (
+    Base,
+    Pool,
+    bases,
+    compressed_bases,
+    fresh,
+    mutations,
+    pick,
+    write_case,
+)
 
 DEADLINE_S = 20.0
 CLI_FUZZ = settings(
@@ -36,24 +42,9 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Base, ...]:
     return Pool(bases() + compressed_bases(tmp_path_factory.mktemp("zbases")))
 
 
-@pytest.fixture
-def work() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="bulk-clifuzz-"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def fresh(work: Path) -> Path:
-    shutil.rmtree(work)
-    work.mkdir()
-    return work
-
-
 def mutated_case(data: st.DataObject, work: Path, pool: tuple[Base, ...]) -> Path:
-    i = data.draw(st.integers(0, len(pool) - 1), label=" | ".join(b.name for b in pool))
-    return write_case(fresh(work), pool[i], data.draw(mutations(pool[i]), label="mutated"))
+    base = pick(data, pool)
+    return write_case(fresh(work), base, data.draw(mutations(base), label="mutated"))
 
 
 @CLI_FUZZ

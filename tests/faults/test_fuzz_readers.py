@@ -15,8 +15,6 @@ import io
 import os
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,16 @@ from hypothesis import strategies as st
 
 from bulk.errors import BulkError, FilterError, TraceError
 from tests.faults.harness import deadline, examples
-from tests.faults.mutate import Base, Pool, bases, compressed_bases, mutations, write_case
+from tests.faults.mutate import (
+    Base,
+    Pool,
+    bases,
+    compressed_bases,
+    fresh,
+    mutations,
+    pick,
+    write_case,
+)
 
 DEADLINE_S = 10.0
 FUZZ = settings(
@@ -43,31 +50,6 @@ FUZZ = settings(
 @pytest.fixture(scope="module")
 def zbases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Base, ...]:
     return Pool(compressed_bases(tmp_path_factory.mktemp("zbases")))
-
-
-@pytest.fixture
-def work() -> Iterator[Path]:
-    """A fresh directory per test function, emptied between examples by ``fresh``."""
-    d = Path(tempfile.mkdtemp(prefix="bulk-fuzz-"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def fresh(work: Path) -> Path:
-    for p in work.iterdir():
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-    return work
-
-
-def pick(data: st.DataObject, pool: tuple[Base, ...]) -> Base:
-    """One base trace (drawn by index: hypothesis prints drawn values in full)."""
-    i = data.draw(st.integers(0, len(pool) - 1), label=" | ".join(b.name for b in pool))
-    return pool[i]
 
 
 def case(data: st.DataObject, work: Path, pool: tuple[Base, ...]) -> Path:
