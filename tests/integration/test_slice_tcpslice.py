@@ -71,6 +71,17 @@ def naive(records: list[Rec], start: int | None, end: int | None) -> list[Rec]:
     return [r for r in records if (start is None or r[0] >= start) and (end is None or r[0] <= end)]
 
 
+def naive_slice(records: list[Rec], times: list[str]) -> list[Rec]:
+    """What the window of bulk slice's START [END] arguments keeps, by plain filtering."""
+    w = resolve_window(
+        times[0] if times else None,
+        times[1] if len(times) > 1 else None,
+        records[0][0],
+        records[-1][0],
+    )
+    return naive(records, w.start_ns, w.end_ns)
+
+
 def raw(ns: int) -> str:
     """A raw time spec in microseconds (tcpslice's resolution)."""
     return f"{ns // NS}.{ns % NS // 1000:06d}"
@@ -147,14 +158,8 @@ def test_every_pcap_trace_same_records_as_tcpslice(path: Path, tmp_path: Path) -
     usable = _tcpslice_usable(path)
     for times in _windows(recs):
         ours = pcap_records(bulk_slice(tmp_path, times, [path]))
-        w = resolve_window(
-            times[0] if times else None,
-            times[1] if len(times) > 1 else None,
-            recs[0][0],
-            recs[-1][0],
-        )
         # bulk equals the naive filter on every trace ...
-        assert ours == naive(recs, w.start_ns, w.end_ns), times
+        assert ours == naive_slice(recs, times), times
         if not usable:
             continue
         # ... and tcpslice's records, byte for byte.
@@ -251,13 +256,7 @@ def test_split_archive_same_as_tcpslice_and_as_whole(
         theirs = tcpslice(tmp_path, times, parts)
         assert theirs is not None
         assert ours == pcap_records(theirs), times
-        w = resolve_window(
-            times[0] if times else None,
-            times[1] if len(times) > 1 else None,
-            whole[0][0],
-            whole[-1][0],
-        )
-        assert ours == naive(whole, w.start_ns, w.end_ns), times
+        assert ours == naive_slice(whole, times), times
     # Given in reverse order, the merge is the same.
     assert pcap_records(bulk_slice(tmp_path, [], parts[::-1])) == whole
 
