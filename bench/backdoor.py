@@ -8,9 +8,11 @@ connections are distinct flows, and its times shifted so replicas follow one
 another. Flow structure, payloads and sizes stay those of real traffic.
 
 Both tools run on the same file in the same run, alternating, ``--runs``
-times each; every run prints wall time, CPU time (user+sys) and peak RSS
-(ru_maxrss of the child) of both tools and their ratios bulk / ndpiReader
-(below 1.0: bulk is faster); then the best wall time of each and the median
+times each, after one untimed warm-up run of each (bulk runs with cached
+bytecode, as installed code does: see bench/common.py); every run prints
+wall time, CPU time (user+sys) and peak RSS (ru_maxrss of the child) of
+both tools and their ratios bulk / ndpiReader (below 1.0: bulk is faster);
+then the best wall time of each and the median
 of the per-run ratios.
 
     python bench/backdoor.py                  # default ~200 MB input
@@ -28,6 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import child_env
 
 from bulk.errors import TraceError
 from bulk.trace import open_trace, pcap_header, record_header
@@ -104,7 +108,9 @@ def measure(cmd: list[str]) -> tuple[float, int, float]:
     """(wall seconds, peak RSS KiB, CPU seconds) of one run, output discarded."""
     t0 = time.perf_counter()
     with open(os.devnull, "wb") as devnull:
-        proc = subprocess.Popen(cmd, stdout=devnull, stderr=subprocess.PIPE, cwd=ROOT)
+        proc = subprocess.Popen(
+            cmd, stdout=devnull, stderr=subprocess.PIPE, cwd=ROOT, env=child_env()
+        )
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode() if proc.stderr else ""
@@ -129,17 +135,23 @@ def main() -> int:
         if not trace.exists():
             t = time.perf_counter()
             pkts, reps = generate(trace, args.size_mb)
-            print(f"generated {trace} ({pkts} packets, {reps} replicas) "
-                  f"in {time.perf_counter() - t:.1f}s")
+            print(
+                f"generated {trace} ({pkts} packets, {reps} replicas) "
+                f"in {time.perf_counter() - t:.1f}s"
+            )
     size = trace.stat().st_size
     tools = {
         "bulk backdoor": [*BULK, "backdoor", "--json", "-r", str(trace)],
         "ndpiReader": ["ndpiReader", "-q", "-i", str(trace)],
     }
+    for cmd in tools.values():
+        measure(cmd)  # warm-up: page cache, bytecode cache
     best: dict[str, tuple[float, int]] = {}
     ratios: list[tuple[float, float, float]] = []
-    print(f"input: {trace.name}, {size / 1e6:.1f} MB; {args.runs} runs; "
-          f"load average {os.getloadavg()[0]:.2f} at start (shared 2-core machine)")
+    print(
+        f"input: {trace.name}, {size / 1e6:.1f} MB; {args.runs} runs; "
+        f"load average {os.getloadavg()[0]:.2f} at start (shared 2-core machine)"
+    )
     for i in range(args.runs):
         run: dict[str, tuple[float, int, float]] = {}
         for name, cmd in tools.items():
@@ -148,18 +160,24 @@ def main() -> int:
             best[name] = (min(wall, prev[0]) if prev else wall, max(rss, prev[1]) if prev else rss)
         (bw, br, bc), (nw, nr, nc) = run["bulk backdoor"], run["ndpiReader"]
         ratios.append((bw / nw, br / nr, bc / nc))
-        print(f"  run {i + 1}: bulk {bw:.2f} s wall, {bc:.2f} s CPU, {br / 1024:.1f} MiB; "
-              f"ndpiReader {nw:.2f} s wall, {nc:.2f} s CPU, {nr / 1024:.1f} MiB; "
-              f"ratio wall {bw / nw:.2f}x, CPU {bc / nc:.2f}x, RSS {br / nr:.2f}x; "
-              f"load {os.getloadavg()[0]:.2f}")
+        print(
+            f"  run {i + 1}: bulk {bw:.2f} s wall, {bc:.2f} s CPU, {br / 1024:.1f} MiB; "
+            f"ndpiReader {nw:.2f} s wall, {nc:.2f} s CPU, {nr / 1024:.1f} MiB; "
+            f"ratio wall {bw / nw:.2f}x, CPU {bc / nc:.2f}x, RSS {br / nr:.2f}x; "
+            f"load {os.getloadavg()[0]:.2f}"
+        )
     for name, (wall, rss) in best.items():
-        print(f"  {name:14s} best wall {wall:7.2f} s  {size / 1e6 / wall:7.1f} MB/s  "
-              f"peak RSS {rss / 1024:7.1f} MiB")
+        print(
+            f"  {name:14s} best wall {wall:7.2f} s  {size / 1e6 / wall:7.1f} MB/s  "
+            f"peak RSS {rss / 1024:7.1f} MiB"
+        )
     (bw, br), (nw, nr) = best["bulk backdoor"], best["ndpiReader"]
     print(f"ratio bulk/ndpiReader of the best runs: time {bw / nw:.2f}x, peak RSS {br / nr:.2f}x")
     med = [statistics.median(r[k] for r in ratios) for k in range(3)]
-    print(f"median of the same-run ratios: wall {med[0]:.2f}x, CPU {med[2]:.2f}x, "
-          f"peak RSS {med[1]:.2f}x")
+    print(
+        f"median of the same-run ratios: wall {med[0]:.2f}x, CPU {med[2]:.2f}x, "
+        f"peak RSS {med[1]:.2f}x"
+    )
     return 0
 
 

@@ -24,7 +24,6 @@ is the flow-table plugin that wires it to the table's hooks.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -39,6 +38,11 @@ from bulk.analyzers.signatures import (
 )
 from bulk.analyzers.standard_ports import StandardPorts
 from bulk.flow.analyzer import DONE, ORIG, Analyzer
+
+try:  # hashlib would load OpenSSL's _hashlib too (2-5 ms of start-up) for BLAKE2 alone
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import blake2b
 
 if TYPE_CHECKING:
     from bulk.flow.table import Flow
@@ -106,7 +110,7 @@ _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 def make_uid(ts_ns: int, a: Endpoint, b: Endpoint, proto: str) -> str:
     """A Zeek-looking connection id, deterministic for the same connection."""
     key = f"{ts_ns}|{proto}|{a.host}|{a.port}|{b.host}|{b.port}".encode()
-    digest = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+    digest = int.from_bytes(blake2b(key, digest_size=8).digest(), "big")
     chars = []
     for _ in range(11):
         digest, r = divmod(digest, 62)
