@@ -230,10 +230,23 @@ def live_pcap(
 def _findings(
     pcap: Path, capsys: pytest.CaptureFixture[str], *extra: str, dir_: bool = False
 ) -> list[dict]:
-    """`bulk backdoor --json` over one trace (or over an archive directory)."""
+    """`bulk backdoor --json` over one trace (or over an archive directory); the
+    same output, every field, with the fast path's C gate and its Python twin."""
     source = ["--dir", str(pcap)] if dir_ else ["-r", str(pcap)]
-    assert main(["backdoor", "--json", *source, *extra]) == 0
-    return [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    outs = []
+    for no_native in ("", "1"):
+        before = os.environ.get("BULK_NO_NATIVE")
+        os.environ["BULK_NO_NATIVE"] = no_native
+        try:
+            assert main(["backdoor", "--json", *source, *extra]) == 0
+        finally:
+            if before is None:
+                del os.environ["BULK_NO_NATIVE"]
+            else:
+                os.environ["BULK_NO_NATIVE"] = before
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]
+    return [json.loads(x) for x in outs[0].splitlines()]
 
 
 def _services(found: list[dict]) -> dict[str, dict]:
