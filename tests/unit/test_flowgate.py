@@ -28,7 +28,7 @@ from typing import Any
 
 import pcapy
 import pytest
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from bulk import native
@@ -516,3 +516,27 @@ def test_cli_json_identical(tmp_path: Path) -> None:
         outs.append((proc.returncode, proc.stdout, proc.stderr.replace(b"gate python", b"gate c")))
     assert outs[0] == outs[1]
     assert outs[0][1].count(b"\n") > 20
+
+
+MUTABLE = [p for p in CLASSIC if p.stat().st_size < 200_000]
+
+
+@needs_c
+@given(
+    which=st.sampled_from(MUTABLE),
+    flips=st.lists(st.tuples(st.integers(24, 10**6), st.integers(0, 255)), max_size=12),
+    cut=st.none() | st.integers(0, 10**6),
+)
+def test_findings_c_and_python_on_mutated_traces(
+    which: Path, flips: list[tuple[int, int]], cut: int | None, tmp_path_factory: Any
+) -> None:
+    raw = bytearray(which.read_bytes())
+    for at, value in flips:  # never the file header: record headers and data
+        raw[24 + (at - 24) % (len(raw) - 24)] = value
+    if cut is not None:
+        raw = raw[: 24 + cut % (len(raw) - 23)]
+    path = tmp_path_factory.mktemp("mut") / "m.pcap"
+    path.write_bytes(bytes(raw))
+    with pytest.MonkeyPatch.context() as mp:
+        res = _same(path, mp)
+    event(f"error: {(res['error'] or 'none').split(':')[0]}")
