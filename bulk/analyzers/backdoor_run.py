@@ -55,7 +55,7 @@ from bulk import native
 from bulk.analyzers import flowgate
 from bulk.analyzers.backdoor import BackdoorAnalyzer, BackdoorConfig, Finding
 from bulk.decode import PROTO_TCP, decode_fields
-from bulk.errors import TraceError, TruncatedTrace, Vanished
+from bulk.errors import FilterError, TraceError, TruncatedTrace, Vanished
 from bulk.flow.table import FlowConfig, FlowTable, TableStats
 from bulk.trace import iter_packets, open_trace
 from bulk.trace.bpf import _LINKTYPE_TO_DLT, compile_bpf
@@ -88,6 +88,10 @@ HEADS_FILTER_ETHERNET = " or ".join(
 )
 _ETHERTYPE_OFFSET = {LINKTYPE_ETHERNET: 12, LINKTYPE_LINUX_SLL: 14}
 _PORTS = struct.Struct("!HH")
+# libpcap's optimizer refuses a program that can accept nothing: 'not ip and
+# (net 10.0.0.0/8)' is one (the second pass's filter for an IPv4-only -f).
+_REJECTS_ALL = "expression rejects all packets"
+BPF_RET_K = 0x06
 # Link types libpcap allows records above 262144 bytes for (DBUS, USBPCAP, EBHSCR).
 _OTHER_MAX_SNAPLEN = frozenset({231, 249, 279})
 _WITH_SYN = frozenset(bytes([b]) for b in range(256) if b & 0x02)  # TCP flags bytes
@@ -336,11 +340,14 @@ def _gate_open(
         heads, other = None, flowgate.programs([bpf], linktype)[0]
         l2 = et_off = -1
     else:
-        exprs: list[str | None] = [
-            bpf or (HEADS_FILTER_ETHERNET if dlt == LINKTYPE_ETHERNET else HEADS_FILTER),
-            f"not ip and ({bpf})" if bpf else "not ip",
-        ]
-        heads, other = flowgate.programs(exprs, linktype)
+        heads_expr = bpf or (HEADS_FILTER_ETHERNET if dlt == LINKTYPE_ETHERNET else HEADS_FILTER)
+        heads = flowgate.programs([heads_expr], linktype)[0]
+        try:
+            other = flowgate.programs([f"not ip and ({bpf})" if bpf else "not ip"], linktype)[0]
+        except FilterError as exc:
+            if _REJECTS_ALL not in str(exc):
+                raise
+            other = [(BPF_RET_K, 0, 0, 0)]  # an IPv4-only user filter: nothing is 'not ip'
         l2, et_off = known, _ETHERTYPE_OFFSET.get(dlt, -1)
     gate.open(fd, head.swapped, head.nsec, head.snaplen, l2, et_off, cutoff, heads, other)
     return dlt
@@ -388,7 +395,13 @@ def _fast_passes(
             if reader is None:
                 return
         if expr:
-            reader.setfilter(expr)
+            try:
+                reader.setfilter(expr)
+            except pcapy.PcapError as exc:
+                if i == 0 or _REJECTS_ALL not in str(exc):
+                    raise
+                reader.close()  # an IPv4-only user filter: nothing is 'not ip'
+                continue
         before = tstats.packets
         try:
             counts = reader.loop_filtered(
