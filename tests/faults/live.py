@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import psutil
 
 from bulk.archive.catalogue import Catalogue
 from bulk.archive.naming import parse_name
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def finals(d: Path) -> list[Path]:
@@ -34,14 +37,14 @@ def digest(p: Path) -> tuple[int, int, str]:
 
 def tcpdump_count(path: Path) -> int:
     """Packets tcpdump reads from ``path``; fails on any read error."""
+    return _tcpdump_lines(["tcpdump", "-r", str(path), "-nn", "-q", "-t"], f"tcpdump -r {path}")
+
+
+def _tcpdump_lines(cmd: list[str] | str, what: str) -> int:
     proc = subprocess.run(
-        ["tcpdump", "-r", str(path), "-nn", "-q", "-t"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        cmd, shell=isinstance(cmd, str), capture_output=True, text=True, timeout=120, check=False
     )
-    assert proc.returncode == 0, f"tcpdump -r {path}: {proc.stderr.strip()}"
+    assert proc.returncode == 0, f"{what}: {proc.stderr.strip()}"
     return len(proc.stdout.splitlines())
 
 
@@ -86,17 +89,10 @@ def tcpdump_count_any(path: Path) -> int:
     """tcpdump's packet count, through zstdcat/zcat for a compressed trace."""
     if path.suffix not in (".zst", ".gz"):
         return tcpdump_count(path)
-    cat = ["zstdcat"] if path.suffix == ".zst" else ["zcat"]
-    proc = subprocess.run(
-        f"{cat[0]} {str(path)!r} | tcpdump -r - -nn -q -t",
-        shell=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    cat = "zstdcat" if path.suffix == ".zst" else "zcat"
+    return _tcpdump_lines(
+        f"{cat} {str(path)!r} | tcpdump -r - -nn -q -t", f"{cat} {path} | tcpdump -r -"
     )
-    assert proc.returncode == 0, f"{cat[0]} {path} | tcpdump -r -: {proc.stderr.strip()}"
-    return len(proc.stdout.splitlines())
 
 
 def wait_for(predicate: object, timeout: float, step: float = 0.05) -> bool:
@@ -107,3 +103,31 @@ def wait_for(predicate: object, timeout: float, step: float = 0.05) -> bool:
             return True
         time.sleep(step)
     return bool(predicate())  # type: ignore[operator]
+
+
+class Loop:
+    """Run a command again and again in a thread until stopped (as cron would,
+    faster); keep every result for the test to check."""
+
+    def __init__(self, argv: list[str], every: float) -> None:
+        self.argv, self.every = argv, every
+        self.results: list[subprocess.CompletedProcess[str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.results.append(
+                subprocess.run(
+                    self.argv, capture_output=True, text=True, timeout=300, check=False, cwd=REPO
+                )
+            )
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> Loop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(300)

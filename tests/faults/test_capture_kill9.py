@@ -33,7 +33,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
 from tests.faults.harness import LONG
 from tests.faults.live import (
     check_catalogue,
@@ -44,7 +43,7 @@ from tests.faults.live import (
     wait_archivers,
 )
 from tests.faults.traffic import packet_numbers, runs, tcpreplay_sent, write_numbered_pcap
-from tests.integration.vethnet import LiveCapture, VethPair, veth_pair
+from tests.integration.vethnet import LiveCapture, VethPair, live_pair
 
 pytestmark = pytest.mark.integration
 
@@ -57,12 +56,7 @@ ROTATE = "64K"  # frequent rotations: kills land on them too
 
 @pytest.fixture
 def pair() -> Iterator[VethPair]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    for tool in ("ip", "tcpreplay", "tcpdump"):
-        require_tool(tool)
-    with veth_pair() as p:
-        yield p
+    yield from live_pair("tcpreplay", "tcpdump")
 
 
 def test_kill9_at_random_moments_during_traffic(pair: VethPair, tmp_path: Path) -> None:

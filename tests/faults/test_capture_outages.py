@@ -9,20 +9,18 @@ compressed); the log and ``bulk status --json`` report each outage.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
 from tests.faults.harness import LONG
 from tests.faults.live import (
+    Loop,
     check_catalogue,
     tcpdump_count_any,
     traces,
@@ -30,7 +28,7 @@ from tests.faults.live import (
     wait_for,
 )
 from tests.faults.traffic import packet_numbers, tcpreplay_sent, write_numbered_pcap
-from tests.integration.vethnet import LiveCapture, VethPair, veth_pair
+from tests.integration.vethnet import LiveCapture, VethPair, live_pair
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).parents[2]
@@ -38,12 +36,7 @@ REPO = Path(__file__).parents[2]
 
 @pytest.fixture
 def pair() -> Iterator[VethPair]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    for tool in ("ip", "tcpreplay", "tcpdump", "zstdcat"):
-        require_tool(tool)
-    with veth_pair() as p:
-        yield p
+    yield from live_pair("tcpreplay", "tcpdump", "zstdcat")
 
 
 def bulk_json(pair: VethPair, d: Path, *args: str) -> dict[str, object]:
@@ -156,37 +149,16 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def _compress_argv(d: Path, budget: str) -> list[str]:
+    return [sys.executable, "-m", "bulk", "compress", "--dir", str(d), "--older-than", "0",
+            "--max-disk", budget]  # fmt: skip
+
+
 def _compress(d: Path, budget: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bulk", "compress", "--dir", str(d), "--older-than", "0",
-         "--max-disk", budget],
-        capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
+        _compress_argv(d, budget), capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO,
     )  # fmt: skip
-
-
-class _Cron:
-    """``bulk compress --max-disk`` run again and again, as cron would (faster)."""
-
-    def __init__(self, d: Path, budget: str, every: float = 0.5) -> None:
-        self.d, self.budget, self.every = d, budget, every
-        self.stop = threading.Event()
-        self.outputs: list[str] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            proc = _compress(self.d, self.budget)
-            assert proc.returncode in (0, 1), proc.stderr
-            self.outputs.append(proc.stdout + proc.stderr)
-            self.stop.wait(self.every)
-
-    def __enter__(self) -> _Cron:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(180)
 
 
 RATE = 4000
@@ -208,9 +180,11 @@ def test_disk_full_pauses_reports_and_resumes(
     sent = 0
     try:
         # 1. Retention running like a cron job keeps the filesystem under 50%.
-        with _Cron(d, "50%") as cron:
+        with Loop(_compress_argv(d, "50%"), 0.5) as cron:  # as cron would, faster
             sent += tcpreplay_sent(pair.replay(part1, pps=RATE, timeout=300))
-        assert any("deleted " in out for out in cron.outputs), cron.outputs[-3:]
+        outputs = [r.stdout + r.stderr for r in cron.results]
+        assert all(r.returncode in (0, 1) for r in cron.results), outputs
+        assert any("deleted " in out for out in outputs), outputs[-3:]
         # 2. No retention: the filesystem fills, capture pauses and says so.
         sent += tcpreplay_sent(pair.replay(part2, pps=RATE, timeout=300))
         assert wait_for(lambda: "DISK FULL" in cap.log_text(), 20), cap.log_text()[-2000:]

@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +29,10 @@ from typing import Any
 import pytest
 
 from bulk.compress.safe import CRASH_ENV, CRASH_POINTS, RETENTION_CRASH_POINTS
-from tests.conftest import require_tool
 from tests.faults.harness import LONG
-from tests.faults.live import check_catalogue, tcpdump_count_any, traces, wait_archivers
+from tests.faults.live import Loop, check_catalogue, tcpdump_count_any, traces, wait_archivers
 from tests.faults.traffic import packet_numbers, tcpreplay_sent, write_numbered_pcap
-from tests.integration.vethnet import LiveCapture, VethPair, veth_pair
+from tests.integration.vethnet import LiveCapture, VethPair, live_pair
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).parents[2]
@@ -44,39 +42,7 @@ PACKETS = 60000 if LONG else 30000
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[VethPair]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    for tool in ("ip", "tcpreplay", "tcpdump", "zstdcat"):
-        require_tool(tool)
-    with veth_pair() as p:
-        yield p
-
-
-class Loop:
-    """Run a command again and again in a thread until stopped; keep the results."""
-
-    def __init__(self, argv: list[str], every: float) -> None:
-        self.argv, self.every = argv, every
-        self.results: list[subprocess.CompletedProcess[str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.results.append(
-                subprocess.run(
-                    self.argv, capture_output=True, text=True, timeout=300, check=False, cwd=REPO
-                )
-            )
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> Loop:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(300)
+    yield from live_pair("tcpreplay", "tcpdump", "zstdcat")
 
 
 def bulk(*args: str) -> list[str]:

@@ -27,8 +27,8 @@ from bulk.archive.catalogue import Catalogue
 from bulk.archive.hostindex import load_index_for
 from bulk.archive.naming import parse_name
 from bulk.archive.pidfile import pidfile_path, read_pidfile, running_capture
-from tests.conftest import DATA, require_tool
-from tests.integration.vethnet import LiveCapture, VethPair, tcpdump_text, veth_pair
+from tests.conftest import DATA
+from tests.integration.vethnet import LiveCapture, VethPair, live_pair, tcpdump_text
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +48,7 @@ PPS = 2000
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[VethPair]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    for tool in ("ip", "tcpreplay", "tcpdump", "capinfos", "mergecap"):
-        require_tool(tool)
-    with veth_pair() as p:
-        yield p
+    yield from live_pair("tcpreplay", "tcpdump", "capinfos", "mergecap")
 
 
 @pytest.fixture(scope="module")

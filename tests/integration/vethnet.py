@@ -87,6 +87,21 @@ def veth_pair(mtu: int = 65535) -> Iterator[VethPair]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
+def live_pair(*tools: str) -> Iterator[VethPair]:
+    """The body of a test module's ``pair`` fixture: a fresh pair, or a skip when
+    not root; ``ip`` and ``tools`` must be installed (see require_tool)."""
+    import pytest  # noqa: PLC0415 - bench/soak.py uses this module without pytest
+
+    from tests.conftest import require_tool  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    for tool in ("ip", *tools):
+        require_tool(tool)
+    with veth_pair() as p:
+        yield p
+
+
 class LiveCapture:
     """``bulk capture`` running in the capture namespace (the process is bulk itself)."""
 
