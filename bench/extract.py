@@ -27,7 +27,6 @@ bench/out/pycache instead, see bench/common.py), after one warm-up run.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import shlex
 import shutil
@@ -38,13 +37,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from common import OUT, ROOT, timed
+from common import OUT, timed
+from slicegen import real_packets
 
 from bulk.archive.hostindex import write_index_for
-from bulk.errors import TraceError
-from bulk.trace import open_trace, pcap_header
+from bulk.trace import pcap_header
 
-DATA = ROOT / "tests" / "data"
 T0_US = 1_795_780_800 * 1_000_000  # 2026-11-27 12:00:00 UTC
 GAP_US = 37
 RARE = bytes([198, 51, 100, 77])  # TEST-NET-2: never in the real traces
@@ -53,14 +51,8 @@ _REC = struct.Struct("<IIII")
 
 
 def real_ethernet() -> list[bytes]:
-    out = []
-    for path in sorted(glob.glob(str(DATA / "*.pcap*"))):
-        try:
-            with open_trace(path) as reader:
-                out.extend(p.data for p in reader if p.linktype == 1 and len(p.data) >= 34)
-        except TraceError:
-            continue
-    return out
+    """The bundled traces' Ethernet frames long enough to hold an IPv4 header."""
+    return [data for _wirelen, data in real_packets() if len(data) >= 34]
 
 
 def _rewrite(data: bytes, k: int, rare: bool) -> bytes:
