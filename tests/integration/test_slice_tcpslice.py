@@ -102,6 +102,13 @@ def tcpslice(tmp: Path, times: list[str], files: list[Path], *flags: str) -> Pat
     return out if proc.returncode == 0 else None
 
 
+def tcpslice_records(tmp: Path, times: list[str], files: list[Path], *flags: str) -> list[Rec]:
+    """The records of tcpslice's output, which it must have written."""
+    out = tcpslice(tmp, times, files, *flags)
+    assert out is not None, f"tcpslice {' '.join(times)} failed"
+    return pcap_records(out)
+
+
 def bulk_slice(tmp: Path, times: list[str], files: list[Path], *flags: str) -> Path:
     """Run ``bulk slice ... -w OUT`` through the real command line, in this process
     (the subprocess tests below cover stdout, stdin and exit statuses)."""
@@ -163,9 +170,7 @@ def test_every_pcap_trace_same_records_as_tcpslice(path: Path, tmp_path: Path) -
         if not usable:
             continue
         # ... and tcpslice's records, byte for byte.
-        theirs = tcpslice(tmp_path, times, [path])
-        assert theirs is not None
-        assert ours == pcap_records(theirs), times
+        assert ours == tcpslice_records(tmp_path, times, [path]), times
 
 
 def test_nanosecond_resolution_is_kept(tmp_path: Path) -> None:
@@ -253,9 +258,7 @@ def test_split_archive_same_as_tcpslice_and_as_whole(
     whole = pcap_records(big)
     for times in _archive_windows(big):
         ours = pcap_records(bulk_slice(tmp_path, times, parts))
-        theirs = tcpslice(tmp_path, times, parts)
-        assert theirs is not None
-        assert ours == pcap_records(theirs), times
+        assert ours == tcpslice_records(tmp_path, times, parts), times
         assert ours == naive_slice(whole, times), times
     # Given in reverse order, the merge is the same.
     assert pcap_records(bulk_slice(tmp_path, [], parts[::-1])) == whole
@@ -320,9 +323,7 @@ def test_duplicates_across_files(archive: tuple[Path, list[Path]], tmp_path: Pat
     assert pcap_records(bulk_slice(tmp_path, times, inputs)) == expected
     # Kept, the merge order equals tcpslice -D's (ties in input order).
     keep = pcap_records(bulk_slice(tmp_path, times, inputs, "--keep-duplicates"))
-    theirs = tcpslice(tmp_path, times, inputs, "-D")
-    assert theirs is not None
-    assert keep == pcap_records(theirs)
+    assert keep == tcpslice_records(tmp_path, times, inputs, "-D")
     assert len(keep) == 2 * len(expected)
 
 
@@ -340,9 +341,7 @@ def test_editcap_split_of_a_real_trace(tmp_path: Path) -> None:
     recs = pcap_records(src)
     for times in _windows(recs):
         ours = pcap_records(bulk_slice(tmp_path, times, parts))
-        theirs = tcpslice(tmp_path, times, parts)
-        assert theirs is not None
-        assert ours == pcap_records(theirs), times
+        assert ours == tcpslice_records(tmp_path, times, parts), times
 
 
 def test_mixed_link_types_refused(tmp_path: Path) -> None:
