@@ -966,6 +966,17 @@ static PyObject *Gate_iternext(Gate *g)
     }
 }
 
+/* close(): forget the open file (its descriptor stays the caller's to close). */
+static PyObject *Gate_close(Gate *g, PyObject *unused)
+{
+    (void)unused;
+    if (busy(g))
+        return NULL;
+    gate_close_file(g);
+    g->err = ERR_NONE;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Gate_stats(Gate *g, PyObject *unused)
 {
     (void)unused;
@@ -1001,6 +1012,7 @@ static PyMethodDef Gate_methods[] = {
     {"discard", (PyCFunction)Gate_discard, METH_O, "discard(key): the connection ended"},
     {"open", (PyCFunction)Gate_open, METH_VARARGS,
      "open(fd, swapped, nsec, snaplen, l2, et_off, cutoff, heads, other): read a file"},
+    {"close", (PyCFunction)Gate_close, METH_NOARGS, "close(): forget the open file"},
     {"stats", (PyCFunction)Gate_stats, METH_NOARGS, "counters of the run"},
     {NULL, NULL, 0, NULL},
 };

@@ -320,6 +320,8 @@ def _gate_file(  # noqa: PLR0917 - as _fast_passes
         errors.append(TraceError(path, None, str(exc)))
     except OSError as exc:
         errors.append(open_error(path, exc))
+    finally:
+        gate.close()  # the caller closes the descriptor next
     after = gate.stats()
     stats.packets_to_python += after["delivered"] - before["delivered"]
     stats.packets_skipped += after["skipped"] - before["skipped"]

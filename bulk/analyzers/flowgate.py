@@ -234,6 +234,10 @@ class Gate:
         snapshot = MAX_CAPLEN if snaplen == 0 or snaplen > MAX_CAPLEN else snaplen
         self._iter = self._packets(fd, swapped, nsec, snapshot, l2, et_off, cutoff, heads, other)
 
+    def close(self) -> None:
+        """Forget the open file (its descriptor stays the caller's to close)."""
+        self._iter = None
+
     def __iter__(self) -> Gate:
         return self
 

@@ -484,6 +484,8 @@ def test_key_checks(impl: Any) -> None:
     gate.discard(b"absent")
     assert len(gate) == 1 and b"k" * 12 in gate and b"k" * 36 not in gate
     assert list(gate) == []  # nothing opened: nothing to read
+    gate.close()
+    assert list(gate) == []
     for i in range(1, 5000):  # growth, and deleted slots reused
         gate.add(i.to_bytes(12, "big"))
         gate.discard((i - 1).to_bytes(12, "big"))
@@ -540,3 +542,15 @@ def test_findings_c_and_python_on_mutated_traces(
     with pytest.MonkeyPatch.context() as mp:
         res = _same(path, mp)
     event(f"error: {(res['error'] or 'none').split(':')[0]}")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_close_mid_file(impl: Any) -> None:
+    rd = Reader(impl, DATA / "zeek-smtp.pcap")
+    first = next(iter(rd.gate))
+    rd.gate.close()
+    assert list(rd.gate) == []
+    rd.close()
+    rd = Reader(impl, DATA / "zeek-smtp.pcap")  # a new file: the same gate reads again
+    assert rd.datas()[0] == first[2]
+    rd.close()
