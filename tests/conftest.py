@@ -20,9 +20,7 @@ BULK = [sys.executable, "-m", "bulk"]
 
 # Timing never decides a test: a loaded 2-core CI machine must not fail a
 # property because one example was slow. BULK_HYPOTHESIS=long runs more cases.
-settings.register_profile(
-    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
     "long", deadline=None, max_examples=2000, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -58,6 +56,26 @@ def require_tool(name: str) -> str:
             pytest.fail(f"reference tool {name} is not installed (scripts/dev.sh installs it)")
         pytest.skip(f"reference tool {name} is not installed")
     return path
+
+
+def tcpdump_count(path: str | os.PathLike[str]) -> int:
+    """Packets tcpdump reads from a trace (the oracle), through zstdcat or zcat
+    for a .zst or .gz; any read error fails the test."""
+    cat = {".zst": "zstdcat", ".gz": "zcat"}.get(Path(path).suffix)
+    data = None
+    if cat is not None:
+        data = subprocess.run(
+            [require_tool(cat), str(path)], capture_output=True, timeout=120, check=True
+        ).stdout
+    proc = subprocess.run(
+        [require_tool("tcpdump"), "-r", "-" if cat else str(path), "-nn", "-q", "-t"],
+        input=data,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"tcpdump -r {path}: {proc.stderr.decode().strip()}"
+    return len(proc.stdout.splitlines())
 
 
 @pytest.fixture(params=TRACES, ids=TRACE_IDS)

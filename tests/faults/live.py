@@ -17,13 +17,15 @@ from bulk.archive.naming import parse_name
 REPO = Path(__file__).resolve().parents[2]
 
 
-def finals(d: Path) -> list[Path]:
-    """Closed (uncompressed) archive files of every series, in (worker, sequence) order."""
+def finals(d: Path, worker: int | None = None) -> list[Path]:
+    """Closed (uncompressed) archive files of every series (or of one worker's),
+    in (worker, sequence) order."""
     found = []
     for p in d.glob("bulk-*.pcap"):
         name = parse_name(p.name)
         assert name is not None, p
-        found.append((name.worker, name.seq, p))
+        if worker is None or name.worker == worker:
+            found.append((name.worker, name.seq, p))
     return [p for _w, _s, p in sorted(found)]
 
 
@@ -33,19 +35,6 @@ def opens(d: Path) -> list[Path]:
 
 def digest(p: Path) -> tuple[int, int, str]:
     return p.stat().st_ino, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()
-
-
-def tcpdump_count(path: Path) -> int:
-    """Packets tcpdump reads from ``path``; fails on any read error."""
-    return _tcpdump_lines(["tcpdump", "-r", str(path), "-nn", "-q", "-t"], f"tcpdump -r {path}")
-
-
-def _tcpdump_lines(cmd: list[str] | str, what: str) -> int:
-    proc = subprocess.run(
-        cmd, shell=isinstance(cmd, str), capture_output=True, text=True, timeout=120, check=False
-    )
-    assert proc.returncode == 0, f"{what}: {proc.stderr.strip()}"
-    return len(proc.stdout.splitlines())
 
 
 def wait_archivers(d: Path, timeout: float = 60) -> None:
@@ -83,16 +72,6 @@ def traces(d: Path) -> list[Path]:
         if name is not None and not name.is_open and not p.name.endswith(".idx"):
             found.append((name.worker, name.seq, p))
     return [p for _w, _s, p in sorted(found)]
-
-
-def tcpdump_count_any(path: Path) -> int:
-    """tcpdump's packet count, through zstdcat/zcat for a compressed trace."""
-    if path.suffix not in (".zst", ".gz"):
-        return tcpdump_count(path)
-    cat = "zstdcat" if path.suffix == ".zst" else "zcat"
-    return _tcpdump_lines(
-        f"{cat} {str(path)!r} | tcpdump -r - -nn -q -t", f"{cat} {path} | tcpdump -r -"
-    )
 
 
 def wait_for(predicate: object, timeout: float, step: float = 0.05) -> bool:

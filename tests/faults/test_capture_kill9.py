@@ -33,13 +33,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tcpdump_count
 from tests.faults.harness import LONG
 from tests.faults.live import (
     check_catalogue,
     digest,
     finals,
     opens,
-    tcpdump_count,
     wait_archivers,
 )
 from tests.faults.traffic import packet_numbers, runs, tcpreplay_sent, write_numbered_pcap

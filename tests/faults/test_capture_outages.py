@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tcpdump_count
 from tests.faults.harness import LONG
 from tests.faults.live import (
     Loop,
     check_catalogue,
-    tcpdump_count_any,
     traces,
     wait_archivers,
     wait_for,
@@ -122,7 +122,7 @@ def test_interface_down_and_up(pair: VethPair, tmp_path: Path, workers: int) -> 
         assert cap.stop() == 0, cap.log_text()
     wait_archivers(d)
     files = traces(d)
-    counts = {p.name: tcpdump_count_any(p) for p in files}
+    counts = {p.name: tcpdump_count(p) for p in files}
     numbers = packet_numbers(files)
     assert sorted(numbers) == list(range(sent)), "packets lost or duplicated around the flaps"
     if workers == 1:
@@ -220,7 +220,7 @@ def test_disk_full_pauses_reports_and_resumes(
     assert sum(drops) <= 2 * RATE * sum(paused) + sent // 100 + 1
     # What is left reads cleanly and in order; the catalogue agrees.
     files = traces(d)
-    counts = {p.name: tcpdump_count_any(p) for p in files}
+    counts = {p.name: tcpdump_count(p) for p in files}
     numbers = packet_numbers(files)
     assert numbers == sorted(set(numbers))
     assert numbers[-1] == sent - 1  # the last part, after the resumption, is there

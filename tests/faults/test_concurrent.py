@@ -29,8 +29,9 @@ from typing import Any
 import pytest
 
 from bulk.compress.safe import CRASH_ENV, CRASH_POINTS, RETENTION_CRASH_POINTS
+from tests.conftest import tcpdump_count
 from tests.faults.harness import LONG
-from tests.faults.live import Loop, check_catalogue, tcpdump_count_any, traces, wait_archivers
+from tests.faults.live import Loop, check_catalogue, traces, wait_archivers
 from tests.faults.traffic import packet_numbers, tcpreplay_sent, write_numbered_pcap
 from tests.integration.vethnet import LiveCapture, VethPair, live_pair
 
@@ -116,7 +117,7 @@ def test_capture_compress_retention_rotate_under_load(scenario: Scenario) -> Non
     assert deleted and compressed, "retention and compression must both have worked"
     files = traces(d)
     assert not list(d.glob("*.open")) and not [p for p in d.iterdir() if ".tmp" in p.name]
-    counts = {p.name: tcpdump_count_any(p) for p in files}
+    counts = {p.name: tcpdump_count(p) for p in files}
     numbers = packet_numbers(files)
     # Retention removed the oldest traces only: one unbroken run to the last packet.
     assert numbers == list(range(numbers[0], sent)), "a gap in what retention kept"
@@ -323,7 +324,7 @@ def test_compress_and_retention_killed_under_load(pair: VethPair, tmp_path: Path
     files = traces(d)
     leftovers = [p.name for p in d.iterdir() if ".partial" in p.name or ".tmp" in p.name]
     assert not leftovers and not list(d.glob("*.open")), leftovers
-    counts = {p.name: tcpdump_count_any(p) for p in files}
+    counts = {p.name: tcpdump_count(p) for p in files}
     numbers = packet_numbers(files)
     assert numbers == list(range(numbers[0], sent)), "a packet lost or duplicated"
     check_catalogue(d, counts)

@@ -28,6 +28,7 @@ from bulk.archive.hostindex import load_index_for
 from bulk.archive.naming import parse_name
 from bulk.archive.pidfile import pidfile_path, read_pidfile, running_capture
 from tests.conftest import DATA
+from tests.faults.live import finals
 from tests.integration.vethnet import LiveCapture, VethPair, live_pair, tcpdump_text
 
 pytestmark = pytest.mark.integration
@@ -54,17 +55,6 @@ def pair() -> Iterator[VethPair]:
 @pytest.fixture(scope="module")
 def expected() -> list[str]:
     return tcpdump_text(SENT)
-
-
-def finals(d: Path, worker: int | None = None) -> list[Path]:
-    """Closed archive files, in sequence order (per series)."""
-    found = []
-    for p in d.glob("bulk-*.pcap"):
-        name = parse_name(p.name)
-        assert name is not None, p
-        if worker is None or name.worker == worker:
-            found.append((name.worker, name.seq, p))
-    return [p for _w, _s, p in sorted(found)]
 
 
 def opens(d: Path) -> list[Path]:

@@ -11,16 +11,9 @@ import pytest
 from bulk.archive.members import Members, follow
 from bulk.errors import TraceError, Vanished
 from bulk.trace import open_trace
-from tests.conftest import DATA, require_tool
+from tests.conftest import DATA, require_tool, tcpdump_count
 
 NAME = "bulk-20260101T000000Z-eth0-000001.pcap"
-
-
-def _count(path: str) -> int:
-    """tcpdump's packet count (the oracle)."""
-    out = subprocess.run([require_tool("tcpdump"), "-r", path, "-nn", "-q"], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
-    return len(out.splitlines())
 
 
 def test_an_open_file_finalised_then_compressed_is_followed(tmp_path: Path) -> None:
@@ -32,7 +25,7 @@ def test_an_open_file_finalised_then_compressed_is_followed(tmp_path: Path) -> N
     reader, where = follow(str(listed), open_trace)
     with reader:
         assert where == str(tmp_path / (NAME + ".zst"))
-        assert sum(1 for _ in reader) == _count(str(src))
+        assert sum(1 for _ in reader) == tcpdump_count(src)
 
 
 def test_a_deleted_trace_is_one_warning_however_often_opened(tmp_path: Path) -> None:

@@ -98,11 +98,12 @@ def test_repair_of_an_already_final_file_only_drops_the_open_name(tmp_path: Path
     assert done.scan.packets == 125 and done.cut_bytes == 0
 
 
-def test_repair_leaves_a_file_that_is_not_a_pcap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", [b"\x5a" * 100, b"GARBAGE!" * 512], ids=["short", "long"])
+def test_repair_leaves_a_file_that_is_not_a_pcap(tmp_path: Path, content: bytes) -> None:
     open_path = tmp_path / "bulk-20260101T000000Z-eth0-000004.pcap.open"
     # Not zeros: a zero-filled header is what a power loss leaves, and is repaired
     # (tests/faults/test_regressions.py).
-    open_path.write_bytes(b"\x5a" * 100)
+    open_path.write_bytes(content)
     with pytest.raises(TraceError):
         repair_open_file(str(open_path), 1, 262144)
-    assert open_path.read_bytes() == b"\x5a" * 100
+    assert open_path.read_bytes() == content
