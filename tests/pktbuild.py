@@ -7,9 +7,12 @@ layouts) so that tests do not check the decoder against itself.
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
+from collections.abc import Iterable
 
 from bulk.trace.packet import LINKTYPE_ETHERNET, Packet
+from bulk.trace.writer import PcapWriter
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
@@ -170,3 +173,12 @@ class Conn:
             data,
             **kw,  # type: ignore[arg-type]
         )
+
+
+def write_pcap(
+    path: str | os.PathLike[str], packets: Iterable[Packet], nanosecond: bool = False
+) -> None:
+    """A classic Ethernet pcap of ``packets`` (bulk's writer, tested on its own)."""
+    with PcapWriter(os.fspath(path), LINKTYPE_ETHERNET, nanosecond=nanosecond) as w:
+        for p in packets:
+            w.write(p)

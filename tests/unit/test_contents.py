@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from bulk.errors import BulkError, UsageError
 from bulk.flow.analyzer import Analyzer
 from bulk.flow.table import Flow, FlowConfig, FlowTable
 from bulk.trace.packet import Packet
-from tests.pktbuild import ACK, FIN, PSH, RST, Conn
+from tests.pktbuild import ACK, FIN, PSH, RST, Conn, write_pcap
 
 S = 1_000_000_000
 
@@ -158,14 +157,6 @@ def test_symlink_planted_in_outdir_is_not_followed(tmp_path: Path) -> None:
     assert victim.read_text() == "precious"
     [rec] = [json.loads(x) for x in (out / "contents.jsonl").read_text().splitlines()]
     assert rec["orig_file"].endswith(".c2")
-
-
-def write_pcap(path: Path, packets: list[Packet]) -> None:
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
-        for p in packets:
-            sec, ns = divmod(p.ts_ns, S)
-            f.write(struct.pack("<IIII", sec, ns // 1000, len(p.data), p.wirelen) + p.data)
 
 
 def test_cli_filter_window_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from bulk.trace import iter_packets
 from bulk.trace.chunks import pcap_records
 from bulk.trace.packet import Packet
 from tests.conftest import TRACE_IDS, TRACES
-from tests.pktbuild import ACK, FIN, PSH, Conn
+from tests.pktbuild import ACK, FIN, PSH, Conn, write_pcap
 
 
 class Collect(Analyzer[dict[str, Any]]):
@@ -116,11 +115,8 @@ class FirstBytes(Collect):
 def test_cut_off_analyzer_same_on_both_paths(trace: str, tmp_path: Path) -> None:
     src = TRACES[0].parent / trace
     path = tmp_path / "t.pcap"
-    with open(path, "wb") as f:  # as classic pcap, so that run_traces takes the fast path
-        f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
-        for p in iter_packets([str(src)]):
-            sec, ns = divmod(p.ts_ns, 1_000_000_000)
-            f.write(struct.pack("<IIII", sec, ns, len(p.data), p.wirelen) + p.data)
+    # As classic pcap, so that run_traces takes the fast path.
+    write_pcap(path, iter_packets([str(src)]), nanosecond=True)
     general, fast = FirstBytes(False), FirstBytes(False)
     t1 = FlowTable([general], FlowConfig())
     t1.run(iter_packets([str(path)]))
@@ -128,14 +124,6 @@ def test_cut_off_analyzer_same_on_both_paths(trace: str, tmp_path: Path) -> None
     t2.run_traces([str(path)])
     assert fast.out == general.out
     assert t2.stats.fast_path > 0
-
-
-def write_pcap(path: Path, packets: list[Packet]) -> None:
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
-        for p in packets:
-            sec, ns = divmod(p.ts_ns, 1_000_000_000)
-            f.write(struct.pack("<IIII", sec, ns, len(p.data), p.wirelen) + p.data)
 
 
 def interleaved(seed: int, n: int = 40) -> list[Packet]:
@@ -186,7 +174,7 @@ def test_fast_path_equals_general_path_on_interleaved_flows(
     tmp_path: Path, seed: int, coalesce: bool
 ) -> None:
     path = tmp_path / "t.pcap"
-    write_pcap(path, interleaved(seed))
+    write_pcap(path, interleaved(seed), nanosecond=True)
     general, fast, s1, s2 = both_paths(str(path), coalesce, max_flows=25, idle_timeout_s=0.5)
     assert fast == general
     assert s2.fast_path > s2.packets // 4
@@ -219,7 +207,7 @@ def test_records_of_a_cut_file_deliver_whole_records_then_raise(tmp_path: Path) 
     path = tmp_path / "cut.pcap"
     c = Conn()
     pk = [*c.handshake(), c.c2s(0, b"x" * 100, ACK | PSH)]
-    write_pcap(path, pk)
+    write_pcap(path, pk, nanosecond=True)
     data = path.read_bytes()
     assert walk(path) == [len(p.data) for p in pk]
     path.write_bytes(data[:-30])
@@ -242,7 +230,7 @@ def test_records_of_a_cut_file_deliver_whole_records_then_raise(tmp_path: Path) 
 def test_records_span_buffer_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chunks_module, "CHUNK_SIZE", 37)  # every record straddles reads
     path = tmp_path / "t.pcap"
-    write_pcap(path, interleaved(3, n=6))
+    write_pcap(path, interleaved(3, n=6), nanosecond=True)
     general, fast, s1, s2 = both_paths(str(path), True)
     assert fast == general and s2.fast_path > 0
     assert len(walk(path)) == s1.packets
