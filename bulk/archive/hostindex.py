@@ -44,7 +44,7 @@ import os
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from bulk.errors import TraceError, TruncatedTrace
 
@@ -614,6 +614,120 @@ def _drain(handle: Any, linktype: int, col: Collector, walk: _Walk, batch: int) 
                 add(linktype, buf[off : off + cap])
 
 
+# -- the C walk (csrc/hostscan.c) --------------------------------------------------------
+
+# Read size: holds the longest record (16 + 262144 bytes) and stays near the L2 cache
+# (512 KiB read and walked in 0.171 s for 500 MB of 64-byte frames, 1 MiB in 0.175 s,
+# 2 MiB in 0.193 s).
+_CHUNK = 1 << 19
+_MAX_CAPLEN = 262144  # libpcap's MAXIMUM_SNAPLEN (and pcaprec.h's PCAPREC_MAX_CAPLEN)
+_LIBPCAP_BIG_DLTS = (231, 249)  # DLT_DBUS, DLT_USBPCAP: libpcap allows longer records
+_Merged = tuple[bytes, bytes, dict[int, bytes], set[int], set[str]]
+
+
+def _native_plan(head: bytes, nanosecond: bool) -> tuple[bool, int] | None:
+    """(byte-swapped, snapshot) when the C walk reads this pcap file as the Python walk
+    does, else None.
+
+    Microsecond pcap is read the way libpcap 1.9 reads it (_walk_libpcap): version
+    2.4 or later only (earlier ones swap the length fields), the snapshot length
+    taken as libpcap takes it (as a C int: 0 or negative means the maximum),
+    records cut to it. Nanosecond pcap as bulk.trace reads it (_walk_python), when no record
+    may exceed the maximum (a snaplen above it would allow longer ones).
+    """
+    if len(head) < 24:
+        return None
+    magic = int.from_bytes(head[0:4], "little")
+    little = magic in (0xA1B2C3D4, 0xA1B23C4D)
+    order: Literal["little", "big"] = "little" if little else "big"
+    if int.from_bytes(head[0:4], order) != (0xA1B23C4D if nanosecond else 0xA1B2C3D4):
+        return None
+    swapped = order != sys.byteorder
+    major = int.from_bytes(head[4:6], order)
+    minor = int.from_bytes(head[6:8], order)
+    snaplen = int.from_bytes(head[16:20], order)
+    network = int.from_bytes(head[20:24], order)
+    if nanosecond:
+        return (swapped, 0) if snaplen <= _MAX_CAPLEN else None
+    if major != 2 or minor < 4 or network & 0x03FFFFFF in _LIBPCAP_BIG_DLTS:
+        return None
+    return swapped, (snaplen if 0 < snaplen < 1 << 31 else _MAX_CAPLEN)
+
+
+def _damage(nanosecond: bool, snapshot: int, bogus: bool, head: bytes, rest: int) -> str:
+    """What the Python walk says of the record the C walk stopped at.
+
+    ``head``: its first (up to 16) bytes, in native byte order for the length;
+    ``rest``: the bytes left in the file from it; ``bogus``: its length is too long.
+    libpcap's messages for microsecond pcap, bulk.trace's for nanosecond pcap.
+    """
+    caplen = int.from_bytes(head[8:12], sys.byteorder) if len(head) >= 12 else 0
+    if nanosecond:
+        if bogus:
+            return f"corrupt record: captured length {caplen} exceeds the maximum {_MAX_CAPLEN}"
+        if rest < 16:
+            return f"truncated dump file: record header has {rest} of 16 bytes"
+        return f"truncated dump file: record has {rest - 16} of {caplen} data bytes"
+    if bogus:
+        limit = f"snaplen of {snapshot}" if caplen > snapshot else f"maximum of {_MAX_CAPLEN}"
+        return f"invalid packet capture length {caplen}, bigger than {limit}"
+    if rest < 16:
+        return f"truncated dump file; tried to read 16 header bytes, only got {rest}"
+    if caplen > snapshot and rest - 16 < snapshot:
+        caplen = snapshot  # libpcap 1.9 names its first read: of the snapshot length
+    return f"truncated dump file; tried to read {caplen} captured bytes, only got {rest - 16}"
+
+
+def _walk_native(
+    path: str, linktype: int, nanosecond: bool, col: Collector, walk: _Walk
+) -> _Merged | None:
+    """The walk of a plain pcap file in C, records it cannot decode through ``col``.
+
+    None (nothing done) when the C module is not there or the file is not one it
+    reads exactly as the Python walk would (see :func:`_native_plan`). A damaged
+    record ends the walk as it ends the Python walk (:func:`_damage`).
+    """
+    from bulk import native  # noqa: PLC0415
+
+    mod = native.load("hostscan")
+    if mod is None:
+        return None
+    with open(path, "rb", buffering=0) as f:
+        plan = _native_plan(f.read(24), nanosecond)
+        if plan is None:
+            return None
+        swapped, snapshot = plan
+        decode = linktype in DECODED_LINKTYPES
+        scanner = mod.Scanner(linktype, decode, swapped, nanosecond, snapshot)
+        add = col.add
+        buf = bytearray(max(_CHUNK, 16 + _MAX_CAPLEN))  # a whole record always fits
+        view = memoryview(buf)
+        have = 0
+        while True:
+            got = f.readinto(view[have:])
+            have += got
+            used, status, slow = scanner.feed(buf, have)
+            for data in slow:
+                add(linktype, data)
+            rest = have - used
+            if status < 0 or got == 0:  # a bogus record, or the end of the file
+                if status < 0 or rest:
+                    head = bytearray(buf[used : used + 16])
+                    if swapped and len(head) >= 12:
+                        head[8:12] = head[11:7:-1]
+                    walk.error = _damage(nanosecond, snapshot, status < 0, bytes(head), rest)
+                    walk.complete = status >= 0  # a cut record keeps the index complete
+                break
+            buf[:rest] = buf[used:have]
+            have = rest
+        del view
+    scanner.end(walk.error is not None)
+    walk.packets, walk.first, walk.last, walk.lo, walk.hi, walk.ordered = scanner.walk()
+    addr4, addr6, ports = col.finish()
+    addr4, addr6, ports, protos, l3 = scanner.finish(addr4, addr6, ports)
+    return addr4, addr6, ports, col.protos | set(protos), col.l3 | set(l3)
+
+
 def build_index(path: str) -> HostIndex:
     """Read the trace once and index it. A file that is not a trace raises TraceError.
 
@@ -621,7 +735,9 @@ def build_index(path: str) -> HostIndex:
     which is also where libpcap stops; any other read error marks the index
     incomplete, so that it is never used to skip the trace. Plain microsecond
     pcap is read by libpcap in batches (what extraction reads it with);
-    anything else through :func:`bulk.trace.open_trace`.
+    anything else through :func:`bulk.trace.open_trace`. Where the C walk
+    (bulk._hostscan, :func:`_walk_native`) is built, it reads plain pcap instead
+    and gives the same index, byte for byte (``BULK_NO_NATIVE=1``: the Python walk).
     """
     from bulk.trace import open_trace  # noqa: PLC0415
 
@@ -634,13 +750,19 @@ def build_index(path: str) -> HostIndex:
         nanosecond = probe.nanosecond
     col = Collector()
     walk = _Walk()
-    plain = fmt == "pcap" and compression is None and not nanosecond
-    if not (plain and _walk_libpcap(path, linktypes[0], col, walk)):
-        col = Collector()
-        walk = _Walk()
-        _walk_python(path, col, walk)
+    merged = None
+    if fmt == "pcap" and compression is None:
+        merged = _walk_native(path, linktypes[0], nanosecond, col, walk)
+    if merged is None:
+        plain = fmt == "pcap" and compression is None and not nanosecond
+        if not (plain and _walk_libpcap(path, linktypes[0], col, walk)):
+            col = Collector()
+            walk = _Walk()
+            _walk_python(path, col, walk)
+        addr4, addr6, ports = col.finish()
+        merged = addr4, addr6, ports, col.protos, col.l3
+    addr4, addr6, ports, protos, l3 = merged
     complete = walk.complete
-    addr4, addr6, ports = col.finish()
     if col.undecoded_linktypes or any(lt not in DECODED_LINKTYPES for lt in linktypes):
         complete = False
     _compression, crc, crc_len = head_crc(path)
@@ -663,8 +785,8 @@ def build_index(path: str) -> HostIndex:
         "file_mtime_ns": st.st_mtime_ns,
         "head_crc": crc,
         "head_len": crc_len,
-        "protos": sorted(col.protos),
-        "l3": sorted(col.l3),
+        "protos": sorted(protos),
+        "l3": sorted(l3),
     }
     return HostIndex(meta, addr4, addr6, ports)
 
