@@ -64,6 +64,28 @@ static inline int pcaprec_next(const unsigned char *buf, size_t size, size_t *po
     return PCAPREC_OK;
 }
 
+/* As pcaprec_next, with the caller's limit on the captured length (bulk's
+ * readers allow max(snaplen, PCAPREC_MAX_CAPLEN)). Only sec, frac and caplen
+ * are filled in (and data): the walks that cut frames need no more. */
+static inline int pcaprec_next_max(const unsigned char *buf, size_t size, size_t *pos,
+                                   int swapped, uint32_t maxcap, pcaprec_t *rec)
+{
+    size_t at = *pos;
+    if (at > size || size - at < PCAPREC_HEADER)
+        return PCAPREC_SHORT;
+    const unsigned char *h = buf + at;
+    rec->caplen = pcaprec_u32(h + 8, swapped);
+    if (rec->caplen > maxcap)
+        return PCAPREC_BOGUS;
+    if (size - at - PCAPREC_HEADER < rec->caplen)
+        return PCAPREC_SHORT;
+    rec->sec = pcaprec_u32(h, swapped);
+    rec->frac = pcaprec_u32(h + 4, swapped);
+    rec->data = h + PCAPREC_HEADER;
+    *pos = at + PCAPREC_HEADER + rec->caplen;
+    return PCAPREC_OK;
+}
+
 /* Nanoseconds since the epoch of a record's timestamp. */
 static inline int64_t pcaprec_ns(const pcaprec_t *rec, int nsec)
 {

@@ -15,10 +15,12 @@ the last chunk(s) and is reported in :attr:`FrameSplitter.damage`.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, Protocol, cast
 
+from bulk import native
 from bulk.errors import TraceError
 from bulk.trace.reader import (
     MAX_BLOCK,
@@ -46,7 +48,7 @@ class FrameStats(NamedTuple):
 
 
 class Chunk(NamedTuple):
-    data: bytes
+    data: bytes | bytearray  # pcap frames are bytearrays (no copy), never changed after
     stats: FrameStats
 
 
@@ -141,24 +143,25 @@ class FrameSplitter:
     # -- pcap: the hot path -------------------------------------------------------
 
     def _pcap(self) -> Iterator[Chunk]:
-        """Walk pcap records, one frame at a time.
+        """Walk pcap records, one frame at a time (:func:`walk_pcap`, in C when built).
 
-        The buffer is filled to ``margin`` bytes past the frame's cut mark before
-        the walk, so a record starting before the mark ends inside the buffer:
-        the inner loop then checks nothing but the captured length (about half
-        the work of a bounds-checked walk). Near the end of the file a careful
-        walk, with bounds checks, finishes the frame.
+        The buffer is filled to ``margin`` bytes past the frame's cut mark, so a
+        record starting before the mark ends inside the buffer: the walk stops
+        short of the mark only at the end of the file or at damage. A frame that
+        is most of its buffer (the usual case: frames of MiBs) is that buffer,
+        cut at the record boundary and handed on without a copy; only the bytes
+        after the boundary (about ``margin``) are copied into the next buffer.
+        Small frames are copied out of a shared buffer.
         """
         lay = self.layout
-        read = self._f.read
+        walk = _walker().walk_pcap
         size = self.frame_size
-        unpack = struct.Struct(lay.endian + "III").unpack_from  # sec, frac, caplen
-        # Times are compared as sec * per_s + frac: the time in ns divided by mult,
-        # exactly (also for a damaged record's fraction >= per_s).
-        per_s, mult = (1_000_000_000, 1) if lay.nanosecond else (1_000_000, 1000)
+        swapped = _swapped(lay.endian)
         maxcap = max(lay.snaplen, MAX_SNAPLEN)
         margin = 16 + maxcap  # a whole record that starts before a mark ends before mark + margin
-        data = self._head
+        unpack = struct.Struct(lay.endian + "III").unpack_from
+        step = max(1 << 20, 2 * size)  # buffer growth (see _fill)
+        data = bytearray(self._head)
         eof = False
         start = 0  # frame start in data
         pos = 24  # next record in data
@@ -167,54 +170,25 @@ class FrameSplitter:
             # least one record: the first frame also holds the file header).
             cut = max(start + size, pos + 1)
             if not eof and len(data) < cut + margin:
-                parts = [data[start:] if start else data]
-                pos -= start
-                cut -= start
-                start = 0
-                have = len(parts[0])
-                while have < cut + margin:
-                    more = read(max(1 << 20, cut + margin - have))
-                    if not more:
-                        eof = True
-                        break
-                    parts.append(more)
-                    have += len(more)
-                data = b"".join(parts)
+                if start:
+                    data = data[start:]
+                    pos -= start
+                    cut -= start
+                    start = 0
+                data, eof = _fill(self._f, data, cut + margin, step)
             end = len(data)
-            n = 0
-            first = lo = hi = key = 0
-            if pos + 16 <= end:
-                sec, frac, caplen = unpack(data, pos)
-                first = lo = hi = key = sec * per_s + frac
-            safe = min(cut, end - margin)
-            while pos < safe:
-                sec, frac, caplen = unpack(data, pos)
-                if caplen > maxcap:
-                    break
-                key = sec * per_s + frac
-                if key < lo:
-                    lo = key
-                elif key > hi:
-                    hi = key
-                pos += 16 + caplen
-                n += 1
-            else:
-                while pos < cut and pos + 16 <= end:
-                    sec, frac, caplen = unpack(data, pos)
-                    nxt = pos + 16 + caplen
-                    if nxt > end or caplen > maxcap:
-                        break
-                    key = sec * per_s + frac
-                    if key < lo:
-                        lo = key
-                    elif key > hi:
-                        hi = key
-                    pos = nxt
-                    n += 1
-            stats = _stats(n, first * mult, key * mult, lo * mult, hi * mult)
+            pos, n, first, last, lo, hi = walk(data, pos, cut, maxcap, swapped, lay.nanosecond)
+            stats = _stats(n, first, last, lo, hi)
             if pos >= cut:
-                yield Chunk(data[start:pos], stats)
-                start = pos
+                if start == 0 and 2 * pos >= end:
+                    rest = data[pos:]
+                    del data[pos:]
+                    yield Chunk(data, stats)
+                    data = rest
+                    pos = 0
+                else:
+                    yield Chunk(data[start:pos], stats)
+                    start = pos
                 continue
             # The walk ends before the mark: the end of the file, or damage.
             if pos + 16 <= end:
@@ -229,9 +203,14 @@ class FrameSplitter:
                     f"truncated: {end - pos} bytes after the last whole record "
                     f"(byte {self.size + pos - start})"
                 )
+            rest = data[pos:]
             if n or pos > start:
-                yield Chunk(data[start:pos], stats)
-            yield from self._tail(data[pos:])
+                if start == 0:
+                    del data[pos:]
+                    yield Chunk(data, stats)
+                else:
+                    yield Chunk(data[start:pos], stats)
+            yield from self._tail(bytes(rest))
             return
 
     # -- pcapng: block walk ------------------------------------------------------
@@ -334,25 +313,122 @@ def split_frames(
     return FrameSplitter(f, frame_size, path)
 
 
-def count_packets(layout: Layout, data: bytes | memoryview, pos: int = 0) -> tuple[int, int]:
+def count_packets(
+    layout: Layout, data: bytes | bytearray | memoryview, pos: int = 0
+) -> tuple[int, int]:
     """Walk whole records of ``data`` from ``pos``: (packets, offset where the walk stopped).
 
     A frame written on record boundaries walks to exactly ``len(data)``.
     """
+    walker = _walker()
+    if layout.kind == "pcap":
+        maxcap = max(layout.snaplen, MAX_SNAPLEN)
+        return walker.count_pcap(data, pos, maxcap, _swapped(layout.endian))
+    return walker.count_pcapng(data, pos, layout.endian == ">")
+
+
+# -- the walks, in Python; bulk._recwalk (csrc/recwalk.c) does the same in C ------------
+
+_HOST_LITTLE = sys.byteorder == "little"
+
+
+def _swapped(endian: str) -> bool:
+    """Whether a trace in byte order ``endian`` (``<``, ``>``) is swapped on this host."""
+    return (endian == "<") != _HOST_LITTLE
+
+
+def _endian(swapped: bool) -> str:
+    return "<" if swapped != _HOST_LITTLE else ">"
+
+
+def walk_pcap(  # noqa: PLR0917 - the C twin's signature (positional)
+    data: bytes | bytearray | memoryview,
+    pos: int,
+    cut: int,
+    maxcap: int,
+    swapped: bool,
+    nanosecond: bool,
+) -> tuple[int, int, int, int, int, int]:
+    """Walk whole pcap records from ``pos`` while ``pos < cut``.
+
+    Stops at the first record at or past ``cut``, at a record that ``data``
+    ends inside, or at a captured length above ``maxcap``. Returns ``(pos,
+    packets, first, last, min, max)``: where it stopped, the records walked, and
+    their times in ns (all 0 when none was walked). The twin of
+    ``bulk._recwalk.walk_pcap``.
+
+    The inner loop checks nothing but the captured length while the records
+    are ``16 + maxcap`` bytes or more from the end of ``data`` (a record starting
+    there must end inside it); a careful walk with bounds checks does the rest.
+    """
+    unpack = struct.Struct(_endian(swapped) + "III").unpack_from
+    # Times are compared as sec * per_s + frac: the time in ns divided by mult,
+    # exactly (also for a damaged record's fraction >= per_s).
+    per_s, mult = (1_000_000_000, 1) if nanosecond else (1_000_000, 1000)
     end = len(data)
     n = 0
-    if layout.kind == "pcap":
-        unpack = struct.Struct(layout.endian + "8xI").unpack_from
-        maxcap = max(layout.snaplen, MAX_SNAPLEN)
-        while pos + 16 <= end:
-            (caplen,) = unpack(data, pos)
+    first = lo = hi = key = 0
+    if pos + 16 <= end:
+        sec, frac, caplen = unpack(data, pos)
+        first = lo = hi = key = sec * per_s + frac
+    safe = min(cut, end - 16 - maxcap)
+    while pos < safe:
+        sec, frac, caplen = unpack(data, pos)
+        if caplen > maxcap:
+            break
+        key = sec * per_s + frac
+        if key < lo:
+            lo = key
+        elif key > hi:
+            hi = key
+        pos += 16 + caplen
+        n += 1
+    else:
+        while pos < cut and pos + 16 <= end:
+            sec, frac, caplen = unpack(data, pos)
             nxt = pos + 16 + caplen
             if nxt > end or caplen > maxcap:
                 break
+            key = sec * per_s + frac
+            if key < lo:
+                lo = key
+            elif key > hi:
+                hi = key
             pos = nxt
             n += 1
-        return n, pos
-    endian = layout.endian
+    if n == 0:
+        return pos, 0, 0, 0, 0, 0
+    return pos, n, first * mult, key * mult, lo * mult, hi * mult
+
+
+def count_pcap(
+    data: bytes | bytearray | memoryview, pos: int, maxcap: int, swapped: bool
+) -> tuple[int, int]:
+    """Walk whole pcap records from ``pos`` to the end of ``data``: ``(packets, pos)``
+    where the walk stopped (see :func:`walk_pcap`). The twin of ``bulk._recwalk.count_pcap``."""
+    unpack = struct.Struct(_endian(swapped) + "8xI").unpack_from
+    end = len(data)
+    n = 0
+    while pos + 16 <= end:
+        (caplen,) = unpack(data, pos)
+        nxt = pos + 16 + caplen
+        if nxt > end or caplen > maxcap:
+            break
+        pos = nxt
+        n += 1
+    return n, pos
+
+
+def count_pcapng(
+    data: bytes | bytearray | memoryview, pos: int, big_endian: bool
+) -> tuple[int, int]:
+    """Walk whole pcapng blocks from ``pos``: ``(packet blocks, pos)`` where the walk
+    stopped (a bad block length, or the end of ``data``). A section header block
+    sets the byte order of the blocks after it. The twin of
+    ``bulk._recwalk.count_pcapng``."""
+    endian = ">" if big_endian else "<"
+    end = len(data)
+    n = 0
     while pos + 12 <= end:
         btype = int.from_bytes(data[pos : pos + 4], "little" if endian == "<" else "big")
         if btype == PCAPNG_SHB:
@@ -367,6 +443,65 @@ def count_packets(layout: Layout, data: bytes | memoryview, pos: int = 0) -> tup
             n += 1
         pos += blen
     return n, pos
+
+
+class _Walker(Protocol):
+    def walk_pcap(  # noqa: PLR0917 - bulk._recwalk.walk_pcap
+        self,
+        data: bytes | bytearray | memoryview,
+        pos: int,
+        cut: int,
+        maxcap: int,
+        swapped: bool,
+        nanosecond: bool,
+    ) -> tuple[int, int, int, int, int, int]: ...
+
+    def count_pcap(
+        self, data: bytes | bytearray | memoryview, pos: int, maxcap: int, swapped: bool
+    ) -> tuple[int, int]: ...
+
+    def count_pcapng(
+        self, data: bytes | bytearray | memoryview, pos: int, big_endian: bool
+    ) -> tuple[int, int]: ...
+
+
+def _walker() -> _Walker:
+    """``bulk._recwalk`` when built (and not disabled by ``BULK_NO_NATIVE``), else this
+    module's twins."""
+    mod = native.load("recwalk")
+    if mod is not None:
+        return cast(_Walker, mod)
+    return cast(_Walker, sys.modules[__name__])
+
+
+def _fill(f: BinaryIO, data: bytearray, want: int, step: int) -> tuple[bytearray, bool]:
+    """A new buffer: ``data``, then bytes read from ``f`` up to ``want`` bytes in all,
+    and whether the end of ``f`` was reached.
+
+    The buffer starts at ``step`` bytes past ``data`` at most and grows only as
+    bytes arrive, so that a huge ``want`` (a hostile snaplen in the file header
+    makes the margin up to 4 GiB) costs no more memory than the file has."""
+    have = len(data)
+    buf = bytearray(max(have + (1 << 20), min(want, have + step)))
+    buf[:have] = data
+    eof = False
+    readinto = getattr(f, "readinto", None)
+    while have < want:
+        if have == len(buf):
+            buf.extend(bytes(min(want - have, max(len(buf), step))))
+        with memoryview(buf) as whole, whole[have:] as view:
+            if readinto is not None:
+                got = readinto(view)
+            else:  # a stream with read() alone
+                more = f.read(len(view))
+                got = len(more)
+                view[:got] = more
+        if not got:
+            eof = True
+            break
+        have += got
+    del buf[have:]
+    return buf, eof
 
 
 def _read_exact(f: BinaryIO, n: int) -> bytes:

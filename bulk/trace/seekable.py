@@ -39,19 +39,20 @@ import os
 import struct
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, cast
 
 import zstandard
 
+from bulk import native
 from bulk.errors import TraceError
 from bulk.trace.framing import FrameStats, Layout
 from bulk.trace.packet import Packet
 from bulk.trace.reader import open_trace
-from bulk.trace.zstdframe import FrameCompressor
+from bulk.trace.zstdframe import FrameCompressor, FrameDecompressor
 
 SKIPPABLE_SEEK_TABLE = 0x184D2A5E
 SEEKABLE_MAGIC = 0x8F92EAB1
@@ -216,7 +217,7 @@ def decompress_frame(compression: str, comp: bytes, size: int) -> bytes:
 # -- writing -----------------------------------------------------------------------------
 
 
-def _gzip_member(level: int, data: bytes) -> bytes:
+def _gzip_member(level: int, data: bytes | bytearray) -> bytes:
     co = zlib.compressobj(level, zlib.DEFLATED, 31)
     return co.compress(data) + co.flush()
 
@@ -250,9 +251,14 @@ class SeekableWriter:
         self.fmt = fmt
         self.level = level
         self._zstd = FrameCompressor(level) if fmt == "zstd" else None
+        self._unzstd: FrameDecompressor | None = None
+        if verify and fmt == "zstd":
+            self._unzstd = FrameDecompressor()
+            if not self._unzstd.available():
+                self._unzstd = None  # python-zstandard's decompress_frame, and ==
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bulk-compress")
         self._depth = 4 * max(1, threads) + 2  # frames in flight: workers keep busy
-        self._pending: deque[tuple[Future[bytes], bytes, FrameStats]] = deque()
+        self._pending: deque[tuple[Future[bytes], bytes | bytearray, FrameStats]] = deque()
         self._checks: deque[Future[None]] = deque()
         self._verify = verify
         self._fd = -1
@@ -269,7 +275,8 @@ class SeekableWriter:
         self._decomp = 0
         self.written = 0
 
-    def add(self, data: bytes, stats: FrameStats) -> None:
+    def add(self, data: bytes | bytearray, stats: FrameStats) -> None:
+        """Compress ``data`` (one frame; a bytearray must not change afterwards)."""
         if len(data) > MAX_FRAME_DECOMPRESSED:
             raise ValueError("frame larger than the seekable format allows")
         if self._zstd is not None:
@@ -313,7 +320,9 @@ class SeekableWriter:
         self._comp += len(comp)
         self._decomp += dsize
 
-    def _check(self, k: int, offset: int, decomp_offset: int, comp: bytes, data: bytes) -> None:
+    def _check(
+        self, k: int, offset: int, decomp_offset: int, comp: bytes, data: bytes | bytearray
+    ) -> None:
         """Frame ``k`` as written decompresses to exactly ``data`` (see the class text).
 
         Equal bytes are equal packets: the packet counts and times of the index
@@ -324,10 +333,13 @@ class SeekableWriter:
             if len(back) != len(comp):
                 raise FrameMismatch(f"frame {k}: {len(back)} of {len(comp)} bytes read back")
         try:
-            plain = decompress_frame(self.fmt, back, len(data))
+            if self._unzstd is not None:
+                equal = self._unzstd.equal(back, data, _same_bytes())
+            else:
+                equal = decompress_frame(self.fmt, back, len(data)) == data
         except ValueError as exc:
             raise FrameMismatch(f"frame {k} does not decompress: {exc}") from None
-        if plain != data:
+        if not equal:
             raise FrameMismatch(
                 f"frame {k} decompresses to bytes that differ from the original's "
                 f"bytes {decomp_offset}..{decomp_offset + len(data)}"
@@ -366,6 +378,8 @@ class SeekableWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._zstd is not None:
             self._zstd.close()
+        if self._unzstd is not None:
+            self._unzstd.close()
 
 
 _SYNC_FILE_RANGE_WRITE = 2
@@ -390,6 +404,20 @@ def start_writeback(fd: int, offset: int, size: int) -> None:
     fn = _sync_file_range()
     if fn is not None:
         fn(fd, offset, size, _SYNC_FILE_RANGE_WRITE)
+
+
+def same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bool:
+    """``a`` and ``b`` hold the same bytes. The twin of ``bulk._recwalk.same_bytes``
+    (which compares without copying and without the GIL)."""
+    return len(a) == len(b) and bytes(a) == bytes(b)
+
+
+_Same = Callable[[memoryview, bytes | bytearray], bool]
+
+
+def _same_bytes() -> _Same:
+    mod = native.load("recwalk")
+    return same_bytes if mod is None else cast(_Same, mod.same_bytes)
 
 
 class FrameMismatch(ValueError):
