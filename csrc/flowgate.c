@@ -17,7 +17,9 @@
  *       IPv4 flow key (pcapy-ng's locate_ipv4: the version nibble at l2, or
  *       after one or two 802.1Q/802.1ad tags; IHL >= 5; TCP or UDP; the ports
  *       captured), and fewer than `cutoff` packets of that key (one direction)
- *       passed `heads` before it in this file; or
+ *       passed `heads` before it in this file (counted exactly; when
+ *       COUNTS_MAX keys are counted, a new key clears the counts: memory stays
+ *       bounded, at worst more heads reach Python); or
  *     - `other` accepts it (BPF: 'not ip') and it has no IPv4 flow key.
  *   A candidate is then skipped, at the moment Python asks for the next
  *   packet, when its connection is in the done set: the raw source and
@@ -48,6 +50,9 @@
 #include "pcaprec.h"
 
 #define CHUNK (1u << 20)
+/* Flow directions whose heads are counted per file before the counts start
+ * again (20 bytes a slot, at most 2 slots a key: 20 MiB). */
+#define COUNTS_MAX (1u << 19)
 #define BUFCAP (CHUNK + PCAPREC_HEADER + PCAPREC_MAX_CAPLEN)
 
 /* ------------------------------------------------------------------ BPF */
@@ -504,24 +509,30 @@ static cslot_t *ct_slot(counts_t *t, const uint8_t key[13])
     }
 }
 
-/* The number of packets of this key counted before, and count this one;
+/* The number of packets of this key counted before, and count this one. A
+ * new key when `max` keys are counted clears the table first (every count
+ * starts again: memory stays bounded, at worst more heads reach Python).
  * UINT32_MAX when memory ran out (the caller then fails the read). */
-static uint32_t ct_bump(counts_t *t, const uint8_t key[13])
+static uint32_t ct_bump(counts_t *t, const uint8_t key[13], size_t max)
 {
-    if ((t->used + 1) * 2 > t->cap) {
-        counts_t bigger;
-        if (ct_init(&bigger, t->cap * 2) < 0)
-            return UINT32_MAX;
-        for (size_t i = 0; i < t->cap; i++) {
-            if (t->slots[i].used)
-                *ct_slot(&bigger, t->slots[i].key) = t->slots[i];
-        }
-        bigger.used = t->used;
-        free(t->slots);
-        *t = bigger;
-    }
     cslot_t *c = ct_slot(t, key);
     if (!c->used) {
+        if (t->used >= max) {
+            memset(t->slots, 0, t->cap * sizeof(cslot_t));
+            t->used = 0;
+        } else if ((t->used + 1) * 2 > t->cap) {
+            counts_t bigger;
+            if (ct_init(&bigger, t->cap * 2) < 0)
+                return UINT32_MAX;
+            for (size_t i = 0; i < t->cap; i++) {
+                if (t->slots[i].used)
+                    *ct_slot(&bigger, t->slots[i].key) = t->slots[i];
+            }
+            bigger.used = t->used;
+            free(t->slots);
+            *t = bigger;
+        }
+        c = ct_slot(t, key);
         memcpy(c->key, key, 13);
         c->used = 1;
         c->count = 0;
@@ -551,6 +562,7 @@ typedef struct {
     uint32_t snapshot;
     int l2, et_off;
     uint32_t cutoff;
+    size_t counts_max;
     prog_t heads, other;
     counts_t counts;
     unsigned char *buf;
@@ -669,21 +681,23 @@ static int Gate_contains(Gate *g, PyObject *arg)
 
 static Py_ssize_t Gate_len(Gate *g) { return (Py_ssize_t)g->done.used; }
 
-/* open(fd, swapped, nsec, snaplen, l2, et_off, cutoff, heads, other): start
- * reading the records of a classic pcap file from byte 24 of fd (the caller
- * read and checked the file header; fd stays the caller's). */
+/* open(fd, swapped, nsec, snaplen, l2, et_off, cutoff, heads, other[, counts_max]):
+ * start reading the records of a classic pcap file from byte 24 of fd (the
+ * caller read and checked the file header; fd stays the caller's). */
 static PyObject *Gate_open(Gate *g, PyObject *args)
 {
     int fd, swapped, nsec, l2, et_off;
     unsigned long snaplen, cutoff;
+    Py_ssize_t counts_max = COUNTS_MAX;
     PyObject *heads, *other;
     if (busy(g))
         return NULL;
-    if (!PyArg_ParseTuple(args, "ippkiikOO:open", &fd, &swapped, &nsec, &snaplen, &l2, &et_off,
-                          &cutoff, &heads, &other))
+    if (!PyArg_ParseTuple(args, "ippkiikOO|n:open", &fd, &swapped, &nsec, &snaplen, &l2,
+                          &et_off, &cutoff, &heads, &other, &counts_max))
         return NULL;
-    if (fd < 0 || l2 > 64 || et_off > 64 || cutoff > 0xffffffffUL) {
-        PyErr_SetString(PyExc_ValueError, "fd, l2, et_off or cutoff out of range");
+    if (fd < 0 || l2 > 64 || et_off > 64 || cutoff > 0xffffffffUL || counts_max < 1 ||
+        counts_max > (Py_ssize_t)COUNTS_MAX * 16) {
+        PyErr_SetString(PyExc_ValueError, "fd, l2, et_off, cutoff or counts_max out of range");
         return NULL;
     }
     gate_close_file(g);
@@ -713,6 +727,7 @@ static PyObject *Gate_open(Gate *g, PyObject *args)
     g->l2 = l2;
     g->et_off = et_off;
     g->cutoff = (uint32_t)cutoff;
+    g->counts_max = (size_t)counts_max;
     g->fileoff = 24;
     g->eof = 0;
     g->err = ERR_NONE;
@@ -781,7 +796,7 @@ static void classify_chunk(Gate *g)
             if (keyed) {
                 take = 0;
                 if (bpf_run(&g->heads, p, rec.len, caplen) != 0) {
-                    uint32_t before = ct_bump(&g->counts, key);
+                    uint32_t before = ct_bump(&g->counts, key, g->counts_max);
                     if (before == UINT32_MAX) {
                         g->err = ERR_NOMEM;
                         break;
@@ -1066,6 +1081,10 @@ PyMODINIT_FUNC PyInit__flowgate(void)
     }
     if (PyModule_AddObject(m, "CorruptError", CorruptError) < 0) {
         Py_DECREF(CorruptError);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "COUNTS_MAX", COUNTS_MAX) < 0) {
         Py_DECREF(m);
         return NULL;
     }

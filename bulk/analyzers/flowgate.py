@@ -25,6 +25,7 @@ from bulk.trace.bpf import compile_bpf
 
 CHUNK = 1 << 20
 MAX_CAPLEN = 262144  # libpcap's maximum for the link types the gate reads
+COUNTS_MAX = 1 << 19  # flow directions counted per file before the counts start again
 _MAGIC_US = 0xA1B2C3D4
 _MAGIC_NS = 0xA1B23C4D
 
@@ -228,11 +229,14 @@ class Gate:
         cutoff: int,
         heads: list[Insn] | None,
         other: list[Insn] | None,
+        counts_max: int = COUNTS_MAX,
     ) -> None:
         if l2 >= 0 and (heads is None or other is None):
             raise ValueError("a known link layer needs both programs")
         snapshot = MAX_CAPLEN if snaplen == 0 or snaplen > MAX_CAPLEN else snaplen
-        self._iter = self._packets(fd, swapped, nsec, snapshot, l2, et_off, cutoff, heads, other)
+        self._iter = self._packets(
+            fd, swapped, nsec, snapshot, l2, et_off, cutoff, heads, other, counts_max
+        )
 
     def close(self) -> None:
         """Forget the open file (its descriptor stays the caller's to close)."""
@@ -279,6 +283,7 @@ class Gate:
         cutoff: int,
         heads: list[Insn] | None,
         other: list[Insn] | None,
+        counts_max: int,
     ) -> Iterator[tuple[int, int, bytes]]:
         header = struct.Struct(">IIII" if swapped else "<IIII").unpack_from
         frac_ns = 1 if nsec else 1000
@@ -315,7 +320,11 @@ class Gate:
                     if key is not None:
                         take = False
                         if bpf(heads, data, wirelen) != 0:  # type: ignore[arg-type]
-                            before = counts.get(key, 0)
+                            before = counts.get(key)
+                            if before is None:
+                                before = 0
+                                if len(counts) >= counts_max:
+                                    counts.clear()  # memory stays bounded
                             counts[key] = before + 1
                             take = before < cutoff
                     else:

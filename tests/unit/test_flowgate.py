@@ -554,3 +554,24 @@ def test_close_mid_file(impl: Any) -> None:
     rd = Reader(impl, DATA / "zeek-smtp.pcap")  # a new file: the same gate reads again
     assert rd.datas()[0] == first[2]
     rd.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_head_counts_start_again_when_full(impl: Any, tmp_path: Path) -> None:
+    conns = [Conn(cp=40000 + i) for i in range(3)]
+    pkts = [c.c2s(k, b"x") for k in range(3) for c in conns]  # A1 B1 C1 A2 B2 C2 A3 ...
+    path = _write(tmp_path / "t.pcap", pkts)
+    heads, other = flowgate.programs([backdoor_run.HEADS_FILTER_ETHERNET, "not ip"], 1)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = {}
+        for counts_max in (impl.COUNTS_MAX, 2):
+            gate = impl.Gate()
+            gate.open(fd, False, False, 65535, 14, 12, 2, heads, other, counts_max)
+            got[counts_max] = [d for _, _, d in gate]
+    finally:
+        os.close(fd)
+    assert got[impl.COUNTS_MAX] == [p.data for p in pkts[:6]]  # two heads each way
+    # Two keys at most: every new key clears the counts, so nothing is cut.
+    assert got[2] == [p.data for p in pkts]
+    assert impl.COUNTS_MAX == flowgate.COUNTS_MAX
