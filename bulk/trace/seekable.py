@@ -334,7 +334,7 @@ class SeekableWriter:
                 raise FrameMismatch(f"frame {k}: {len(back)} of {len(comp)} bytes read back")
         try:
             if self._unzstd is not None:
-                equal = self._unzstd.equal(back, data, _same_bytes())
+                equal = self._unzstd.equal(back, data, native_same_bytes())
             else:
                 equal = decompress_frame(self.fmt, back, len(data)) == data
         except ValueError as exc:
@@ -415,7 +415,7 @@ def same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryv
 _Same = Callable[[memoryview, bytes | bytearray], bool]
 
 
-def _same_bytes() -> _Same:
+def native_same_bytes() -> _Same:
     mod = native.load("recwalk")
     return same_bytes if mod is None else cast(_Same, mod.same_bytes)
 

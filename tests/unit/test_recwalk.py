@@ -21,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bulk import native
-from bulk.errors import TraceError
+from bulk.compress import codec
+from bulk.errors import ArchiveError, TraceError
 from bulk.trace import framing, seekable, zstdframe
 from bulk.trace.reader import MAX_SNAPLEN
 
@@ -95,14 +96,14 @@ def is_classic_pcap(raw: bytes) -> bool:
 def test_the_c_walk_is_the_one_in_use(c_walk: Any) -> None:
     """Without BULK_NO_NATIVE the splitter walks in C (else the comparisons below
     would compare the twin with itself)."""
-    assert seekable._same_bytes() is c_walk.same_bytes
+    assert seekable.native_same_bytes() is c_walk.same_bytes
     assert framing._walker() is c_walk
 
 
 def test_no_native_uses_the_twins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BULK_NO_NATIVE", "1")
     assert framing._walker().walk_pcap is framing.walk_pcap
-    assert seekable._same_bytes() is seekable.same_bytes
+    assert seekable.native_same_bytes() is seekable.same_bytes
 
 
 @pytest.mark.parametrize("path", TRACE_FILES, ids=lambda p: p.name)
@@ -415,3 +416,70 @@ def test_writer_catches_a_frame_that_reads_back_wrong(
                 writer.add(chunk.data, chunk.stats)
             writer.finish(sp.layout, False)
         writer.abort()
+
+
+ENGINES = ["system", "python-zstandard"]
+
+
+def use_engine(engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if engine == "python-zstandard":
+        monkeypatch.setattr(zstdframe.FrameDecompressor, "available", lambda self: False)
+    elif not zstdframe.FrameDecompressor().available():
+        pytest.skip("no system libzstd")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "name", ["zeek-smtp.pcap", "irc-dcc-send.pcapng", "zeek-smtp-cut-mid-packet.pcap"]
+)
+def test_verify_of_a_written_file(
+    engine: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """codec.verify (the sweep's check, deep) passes on the file as written, with
+    either decompression engine, and fails on a flipped byte in the compressed file,
+    on an original that differs, is shorter or is longer."""
+    use_engine(engine, monkeypatch)
+    raw = (TRACES / name).read_bytes()
+    path = str(tmp_path / "t.pcap.zst")
+    with open(path, "wb") as out:
+        c = codec.compress_stream(io.BytesIO(raw), out, codec.CompressSettings("zstd", 3, 4096))
+    assert len(c.index.frames) > 3
+    codec.verify(path, io.BytesIO(raw), c, deep=True)
+    other = bytearray(raw)
+    other[len(raw) // 2] ^= 1
+    for original in (bytes(other), raw[:-1], raw + b"\0"):
+        with pytest.raises(ArchiveError):
+            codec.verify(path, io.BytesIO(original), c, deep=True)
+    comp = bytearray(Path(path).read_bytes())
+    comp[c.index.frames[2].comp_offset + c.index.frames[2].comp_size // 2] ^= 0x08
+    Path(path).write_bytes(bytes(comp))
+    with pytest.raises(ArchiveError, match="frame 2"):
+        codec.verify(path, io.BytesIO(raw), c, deep=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_deep_verify_walks_every_frame(
+    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With deep, a frame whose records do not walk to the index's packet count
+    fails verification, with either engine (the walk is the one under test)."""
+    use_engine(engine, monkeypatch)
+    raw = (TRACES / "zeek-smtp.pcap").read_bytes()
+    path = str(tmp_path / "t.pcap.zst")
+    with open(path, "wb") as out:
+        c = codec.compress_stream(io.BytesIO(raw), out, codec.CompressSettings("zstd", 3, 4096))
+    codec.verify(path, io.BytesIO(raw), None, deep=True)
+    fr = c.index.frames[2]
+    frame2 = raw[fr.decomp_offset : fr.decomp_offset + fr.decomp_size]
+    walked = []
+    real = framing.count_packets
+
+    def off_by_one(layout: Any, data: Any, pos: int = 0) -> tuple[int, int]:
+        n, stop = real(layout, data, pos)
+        walked.append(n)
+        return (n + 1 if bytes(data) == frame2 else n), stop
+
+    monkeypatch.setattr(codec, "count_packets", off_by_one)
+    with pytest.raises(ArchiveError, match="frame 2 walks to"):
+        codec.verify(path, io.BytesIO(raw), None, deep=True)
+    assert walked
