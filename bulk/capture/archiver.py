@@ -175,20 +175,7 @@ class _Jobs:
         kind = job["kind"]
         name = os.path.basename(job["path"])
         if kind == "opened":
-            self._formats[job["path"]] = (job["linktype"], job["snaplen"])
-            self._catalogue(
-                "add_file",
-                FileRecord(
-                    name=name,
-                    state="open",
-                    interface=job["interface"],
-                    worker=job["worker"],
-                    seq=job["seq"],
-                    linktype=job["linktype"],
-                    snaplen=job["snaplen"],
-                    opened_ns=job["opened_ns"],
-                ),
-            )
+            self._opened(job, name)
         elif kind == "first":
             self._catalogue("update_file", name, first_ns=job["first_ns"])
         elif kind == "closed":
@@ -197,6 +184,38 @@ class _Jobs:
             self._repair(job)
         else:
             log.error("archiver: unknown job %r", kind)
+
+    def _opened(self, job: dict[str, Any], name: str) -> None:
+        """Add the open row; drop it again if the file was finalised meanwhile.
+
+        A capture killed with kill -9 leaves this process running its last jobs
+        while the next start's archiver repairs and finalises the files left
+        open: an archiver behind on its jobs can reach a file's 'opened' after
+        that repair, and its row would then name a file that is gone. The row
+        is added first and the file looked at after: either the look finds the
+        open name gone, and the row is dropped here (the repair records the
+        final file under its own name, before or after), or the row was there
+        before the repair unlinked the open name, and the repair's catalogue
+        step, which follows the unlink, finds the row and renames it.
+        """
+        self._formats[job["path"]] = (job["linktype"], job["snaplen"])
+        self._catalogue(
+            "add_file",
+            FileRecord(
+                name=name,
+                state="open",
+                interface=job["interface"],
+                worker=job["worker"],
+                seq=job["seq"],
+                linktype=job["linktype"],
+                snaplen=job["snaplen"],
+                opened_ns=job["opened_ns"],
+            ),
+        )
+        if not os.path.lexists(job["path"]):
+            self._formats.pop(job["path"], None)
+            if self._catalogue("remove_file", name):
+                log.info("%s: finalised meanwhile by a later start; open row dropped", name)
 
     def _finish(self, job: dict[str, Any]) -> None:
         final = finalise(job["path"])
