@@ -34,9 +34,10 @@
  * longer than the file's snapshot length is cut to it, a file ending inside a
  * record is "truncated dump file" after every whole record was delivered.
  *
- * BPF: classic BPF programs as pcap_compile makes them, run by the
- * interpreter below with libpcap's semantics (a load outside the captured
- * bytes rejects the packet; `len` is the wire length).
+ * BPF: the programs pcap_compile made, run by libpcap's own bpf_filter
+ * (called through a function pointer: see below) with the record's wire
+ * length and the captured bytes (cut to the snapshot length), as libpcap's
+ * savefile reader runs a filter.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -57,278 +58,87 @@
 
 /* ------------------------------------------------------------------ BPF */
 
+/* libpcap's struct bpf_insn (<pcap/bpf.h>), declared here: the module is not
+ * linked against libpcap. The programs come packed in this layout from
+ * pcap_compile (bulk.analyzers.flowgate.programs) and are run by libpcap's
+ * own bpf_filter, the one its savefile reader runs, through the address the
+ * caller takes from the libpcap that compiled them (ctypes). */
 typedef struct {
-    uint16_t code;
-    uint8_t jt, jf;
+    unsigned short code;
+    unsigned char jt, jf;
     uint32_t k;
-} insn_t;
+} bpf_insn_t;
+
+_Static_assert(sizeof(bpf_insn_t) == 8, "struct bpf_insn is 8 bytes");
+
+typedef unsigned int (*bpf_filter_fn)(const bpf_insn_t *pc, const unsigned char *p,
+                                      unsigned int wirelen, unsigned int buflen);
+typedef int (*bpf_validate_fn)(const bpf_insn_t *f, int len);
+
+#define BPF_MAXINSNS 4096 /* libpcap's */
 
 typedef struct {
-    insn_t *insns;
+    bpf_insn_t *insns;
     uint32_t n;
 } prog_t;
 
-#define BPF_CLASS(c) ((c) & 0x07)
-#define BPF_SIZE(c) ((c) & 0x18)
-#define BPF_MODE(c) ((c) & 0xe0)
-#define BPF_OP(c) ((c) & 0xf0)
-#define BPF_SRC(c) ((c) & 0x08)
-#define BPF_RVAL(c) ((c) & 0x18)
-#define BPF_MISCOP(c) ((c) & 0xf8)
-
-enum { C_LD = 0, C_LDX = 1, C_ST = 2, C_STX = 3, C_ALU = 4, C_JMP = 5, C_RET = 6, C_MISC = 7 };
-enum { S_W = 0x00, S_H = 0x08, S_B = 0x10 };
-enum { M_IMM = 0x00, M_ABS = 0x20, M_IND = 0x40, M_MEM = 0x60, M_LEN = 0x80, M_MSH = 0xa0 };
-enum {
-    A_ADD = 0x00, A_SUB = 0x10, A_MUL = 0x20, A_DIV = 0x30, A_OR = 0x40, A_AND = 0x50,
-    A_LSH = 0x60, A_RSH = 0x70, A_NEG = 0x80, A_MOD = 0x90, A_XOR = 0xa0,
-};
-enum { J_JA = 0x00, J_JEQ = 0x10, J_JGT = 0x20, J_JGE = 0x30, J_JSET = 0x40 };
-#define MEMWORDS 16
-
-/* Is the instruction one the interpreter knows, with its operands in range? */
-static int insn_ok(const insn_t *in, uint32_t i, uint32_t n)
+/* Is the code one libpcap's bpf_filter runs? Its bpf_validate (1.9.1) checks
+ * jumps, memory words, division by a constant 0 and the final return, but
+ * lets through codes that bpf_filter does not know and abort()s on (0x08,
+ * 0xffff, a MISC other than TAX/TXA): those are refused here. */
+static int known_code(unsigned short c)
 {
-    uint16_t c = in->code;
-    switch (BPF_CLASS(c)) {
-    case C_LD:
-        if (BPF_MODE(c) == M_MEM)
-            return c == (C_LD | S_W | M_MEM) && in->k < MEMWORDS;
-        if (BPF_MODE(c) == M_ABS || BPF_MODE(c) == M_IND)
-            return BPF_SIZE(c) != 0x18;
-        return c == (C_LD | S_W | M_IMM) || c == (C_LD | S_W | M_LEN);
-    case C_LDX:
-        if (c == (C_LDX | S_W | M_MEM))
-            return in->k < MEMWORDS;
-        return c == (C_LDX | S_W | M_IMM) || c == (C_LDX | S_W | M_LEN) ||
-               c == (C_LDX | S_B | M_MSH);
-    case C_ST:
-    case C_STX:
-        return (c & ~0x07) == 0 && in->k < MEMWORDS;
-    case C_ALU:
-        if (BPF_OP(c) > A_XOR)
-            return 0;
-        if (BPF_OP(c) == A_NEG)
-            return BPF_SRC(c) == 0;
-        return (c & ~0xff) == 0;
-    case C_JMP:
-        if (BPF_OP(c) == J_JA)
-            return BPF_SRC(c) == 0 && in->k < n - i - 1;
-        if (BPF_OP(c) > J_JSET)
-            return 0;
-        return in->jt < n - i - 1 + 0u && in->jf < n - i - 1 + 0u;
-    case C_RET:
-        return BPF_RVAL(c) == 0x00 || BPF_RVAL(c) == 0x10;
-    case C_MISC:
-        return BPF_MISCOP(c) == 0x00 || BPF_MISCOP(c) == 0x80;
+    switch (c) {
+    case 0x00: case 0x01: case 0x02: case 0x03: case 0x04: case 0x05: case 0x06: case 0x07:
+    case 0x0c: case 0x14: case 0x15: case 0x16: case 0x1c: case 0x1d: case 0x20: case 0x24:
+    case 0x25: case 0x28: case 0x2c: case 0x2d: case 0x30: case 0x34: case 0x35: case 0x3c:
+    case 0x3d: case 0x40: case 0x44: case 0x45: case 0x48: case 0x4c: case 0x4d: case 0x50:
+    case 0x54: case 0x5c: case 0x60: case 0x61: case 0x64: case 0x6c: case 0x74: case 0x7c:
+    case 0x80: case 0x81: case 0x84: case 0x87: case 0x94: case 0x9c: case 0xa4: case 0xac:
+    case 0xb1:
+        return 1;
     }
     return 0;
 }
 
-static inline uint32_t get16(const unsigned char *p) { return ((uint32_t)p[0] << 8) | p[1]; }
-
-static inline uint32_t get32(const unsigned char *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-/* libpcap's bpf_filter over a validated program: the return value (0: reject). */
-static uint32_t bpf_run(const prog_t *prog, const unsigned char *p, uint32_t wirelen,
-                        uint32_t buflen)
-{
-    uint32_t A = 0, X = 0, k;
-    uint32_t mem[MEMWORDS] = {0};
-    const insn_t *pc = prog->insns;
-    for (;; pc++) {
-        uint16_t c = pc->code;
-        switch (c) {
-        case C_RET | 0x00: /* K */
-            return pc->k;
-        case C_RET | 0x10: /* A */
-            return A;
-        case C_LD | S_W | M_ABS:
-            k = pc->k;
-            if (k > buflen || 4 > buflen - k)
-                return 0;
-            A = get32(p + k);
-            continue;
-        case C_LD | S_H | M_ABS:
-            k = pc->k;
-            if (k > buflen || 2 > buflen - k)
-                return 0;
-            A = get16(p + k);
-            continue;
-        case C_LD | S_B | M_ABS:
-            k = pc->k;
-            if (k >= buflen)
-                return 0;
-            A = p[k];
-            continue;
-        case C_LD | S_W | M_LEN:
-            A = wirelen;
-            continue;
-        case C_LDX | S_W | M_LEN:
-            X = wirelen;
-            continue;
-        case C_LD | S_W | M_IND:
-            if (pc->k > buflen || X > buflen - pc->k || 4 > buflen - pc->k - X)
-                return 0;
-            A = get32(p + pc->k + X);
-            continue;
-        case C_LD | S_H | M_IND:
-            if (pc->k > buflen || X > buflen - pc->k || 2 > buflen - pc->k - X)
-                return 0;
-            A = get16(p + pc->k + X);
-            continue;
-        case C_LD | S_B | M_IND:
-            if (pc->k >= buflen || X >= buflen - pc->k)
-                return 0;
-            A = p[pc->k + X];
-            continue;
-        case C_LDX | S_B | M_MSH:
-            k = pc->k;
-            if (k >= buflen)
-                return 0;
-            X = (uint32_t)(p[k] & 0xf) << 2;
-            continue;
-        case C_LD | S_W | M_IMM:
-            A = pc->k;
-            continue;
-        case C_LDX | S_W | M_IMM:
-            X = pc->k;
-            continue;
-        case C_LD | S_W | M_MEM:
-            A = mem[pc->k];
-            continue;
-        case C_LDX | S_W | M_MEM:
-            X = mem[pc->k];
-            continue;
-        case C_ST:
-            mem[pc->k] = A;
-            continue;
-        case C_STX:
-            mem[pc->k] = X;
-            continue;
-        case C_JMP | J_JA:
-            pc += pc->k;
-            continue;
-        case C_JMP | J_JGT | 0x00:
-            pc += (A > pc->k) ? pc->jt : pc->jf;
-            continue;
-        case C_JMP | J_JGE | 0x00:
-            pc += (A >= pc->k) ? pc->jt : pc->jf;
-            continue;
-        case C_JMP | J_JEQ | 0x00:
-            pc += (A == pc->k) ? pc->jt : pc->jf;
-            continue;
-        case C_JMP | J_JSET | 0x00:
-            pc += (A & pc->k) ? pc->jt : pc->jf;
-            continue;
-        case C_JMP | J_JGT | 0x08:
-            pc += (A > X) ? pc->jt : pc->jf;
-            continue;
-        case C_JMP | J_JGE | 0x08:
-            pc += (A >= X) ? pc->jt : pc->jf;
-            continue;
-        case C_JMP | J_JEQ | 0x08:
-            pc += (A == X) ? pc->jt : pc->jf;
-            continue;
-        case C_JMP | J_JSET | 0x08:
-            pc += (A & X) ? pc->jt : pc->jf;
-            continue;
-        case C_MISC | 0x00: /* TAX */
-            X = A;
-            continue;
-        case C_MISC | 0x80: /* TXA */
-            A = X;
-            continue;
-        default:
-            break;
-        }
-        /* ALU (validated: every other code was handled above) */
-        k = BPF_SRC(c) ? X : pc->k;
-        switch (BPF_OP(c)) {
-        case A_ADD: A += k; break;
-        case A_SUB: A -= k; break;
-        case A_MUL: A *= k; break;
-        case A_DIV:
-            if (k == 0)
-                return 0;
-            A /= k;
-            break;
-        case A_MOD:
-            if (k == 0)
-                return 0;
-            A %= k;
-            break;
-        case A_AND: A &= k; break;
-        case A_OR: A |= k; break;
-        case A_XOR: A ^= k; break;
-        case A_LSH: A <<= (k & 31); break; /* x86: the shift count is taken mod 32 */
-        case A_RSH: A >>= (k & 31); break;
-        case A_NEG: A = 0u - A; break;
-        default: return 0; /* not reached: validated */
-        }
-    }
-}
-
-/* A program from a list of (code, jt, jf, k) tuples (pcapy's get_bpf()); None: no program. */
-static int prog_from_list(PyObject *obj, prog_t *prog)
+/* A program from its packed instructions (None: no program), checked once by
+ * libpcap's bpf_validate (and known_code): bpf_filter trusts its program. */
+static int prog_from_buffer(PyObject *obj, bpf_validate_fn validate, prog_t *prog)
 {
     prog->insns = NULL;
     prog->n = 0;
     if (obj == Py_None)
         return 0;
-    PyObject *seq = PySequence_Fast(obj, "a BPF program is a list of (code, jt, jf, k)");
-    if (seq == NULL)
+    Py_buffer v;
+    if (PyObject_GetBuffer(obj, &v, PyBUF_SIMPLE) < 0)
         return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n < 1 || n > 4096) {
-        Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "a BPF program has 1 to 4096 instructions");
+    if (v.len < (Py_ssize_t)sizeof(bpf_insn_t) || v.len % (Py_ssize_t)sizeof(bpf_insn_t) != 0 ||
+        v.len / (Py_ssize_t)sizeof(bpf_insn_t) > BPF_MAXINSNS) {
+        PyBuffer_Release(&v);
+        PyErr_SetString(PyExc_ValueError,
+                        "a BPF program is 1 to 4096 packed struct bpf_insn (8 bytes each)");
         return -1;
     }
-    insn_t *insns = PyMem_Calloc((size_t)n, sizeof(insn_t));
+    bpf_insn_t *insns = PyMem_Malloc((size_t)v.len); /* aligned for bpf_insn_t */
     if (insns == NULL) {
-        Py_DECREF(seq);
+        PyBuffer_Release(&v);
         PyErr_NoMemory();
         return -1;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned int code, jt, jf;
-        unsigned long k;
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyTuple_Check(item)) {
-            PyErr_SetString(PyExc_TypeError, "a BPF instruction is a tuple (code, jt, jf, k)");
+    memcpy(insns, v.buf, (size_t)v.len);
+    int n = (int)(v.len / (Py_ssize_t)sizeof(bpf_insn_t));
+    PyBuffer_Release(&v);
+    for (int i = 0; i < n; i++) {
+        if (!known_code(insns[i].code)) {
             PyMem_Free(insns);
-            Py_DECREF(seq);
-            return -1;
-        }
-        if (!PyArg_ParseTuple(item, "IIIk;a BPF instruction is (code, jt, jf, k)", &code, &jt,
-                              &jf, &k) ||
-            code > 0xffff || jt > 0xff || jf > 0xff || k > 0xffffffffUL) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "BPF instruction field out of range");
-            PyMem_Free(insns);
-            Py_DECREF(seq);
-            return -1;
-        }
-        insns[i].code = (uint16_t)code;
-        insns[i].jt = (uint8_t)jt;
-        insns[i].jf = (uint8_t)jf;
-        insns[i].k = (uint32_t)k;
-    }
-    Py_DECREF(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!insn_ok(&insns[i], (uint32_t)i, (uint32_t)n)) {
-            PyMem_Free(insns);
-            PyErr_Format(PyExc_ValueError, "BPF instruction %zd is invalid", i);
+            PyErr_Format(PyExc_ValueError, "BPF instruction %d: libpcap's bpf_filter has no code %#x",
+                         i, (unsigned int)insns[i].code);
             return -1;
         }
     }
-    if (BPF_CLASS(insns[n - 1].code) != C_RET) {
+    if (!validate(insns, n)) {
         PyMem_Free(insns);
-        PyErr_SetString(PyExc_ValueError, "a BPF program ends with a return");
+        PyErr_SetString(PyExc_ValueError, "libpcap's bpf_validate refuses the BPF program");
         return -1;
     }
     prog->insns = insns;
@@ -564,6 +374,7 @@ typedef struct {
     uint32_t cutoff;
     size_t counts_max;
     prog_t heads, other;
+    bpf_filter_fn bpf_filter; /* libpcap's, for heads and other */
     counts_t counts;
     unsigned char *buf;
     size_t size;     /* bytes in buf */
@@ -681,31 +492,41 @@ static int Gate_contains(Gate *g, PyObject *arg)
 
 static Py_ssize_t Gate_len(Gate *g) { return (Py_ssize_t)g->done.used; }
 
-/* open(fd, swapped, nsec, snaplen, l2, et_off, cutoff, heads, other[, counts_max]):
+/* open(fd, swapped, nsec, snaplen, l2, et_off, cutoff, heads, other,
+ *      (bpf_filter, bpf_validate)[, counts_max]):
  * start reading the records of a classic pcap file from byte 24 of fd (the
- * caller read and checked the file header; fd stays the caller's). */
+ * caller read and checked the file header; fd stays the caller's). heads and
+ * other are packed struct bpf_insn arrays (or None); the pair holds the
+ * addresses of bpf_filter and bpf_validate in the libpcap that compiled them. */
 static PyObject *Gate_open(Gate *g, PyObject *args)
 {
     int fd, swapped, nsec, l2, et_off;
     unsigned long snaplen, cutoff;
+    unsigned long long filter_addr, validate_addr;
     Py_ssize_t counts_max = COUNTS_MAX;
     PyObject *heads, *other;
     if (busy(g))
         return NULL;
-    if (!PyArg_ParseTuple(args, "ippkiikOO|n:open", &fd, &swapped, &nsec, &snaplen, &l2,
-                          &et_off, &cutoff, &heads, &other, &counts_max))
+    if (!PyArg_ParseTuple(args, "ippkiikOO(KK)|n:open", &fd, &swapped, &nsec, &snaplen, &l2,
+                          &et_off, &cutoff, &heads, &other, &filter_addr, &validate_addr,
+                          &counts_max))
         return NULL;
     if (fd < 0 || l2 > 64 || et_off > 64 || cutoff > 0xffffffffUL || counts_max < 1 ||
         counts_max > (Py_ssize_t)COUNTS_MAX * 16) {
         PyErr_SetString(PyExc_ValueError, "fd, l2, et_off, cutoff or counts_max out of range");
         return NULL;
     }
+    if (filter_addr == 0 || validate_addr == 0) {
+        PyErr_SetString(PyExc_ValueError, "no address of libpcap's bpf_filter or bpf_validate");
+        return NULL;
+    }
+    bpf_validate_fn validate = (bpf_validate_fn)(uintptr_t)validate_addr;
     gate_close_file(g);
     if (g->buf == NULL && (g->buf = malloc(BUFCAP)) == NULL)
         return PyErr_NoMemory();
-    if (prog_from_list(heads, &g->heads) < 0)
+    if (prog_from_buffer(heads, validate, &g->heads) < 0)
         return NULL;
-    if (prog_from_list(other, &g->other) < 0) {
+    if (prog_from_buffer(other, validate, &g->other) < 0) {
         prog_free(&g->heads);
         return NULL;
     }
@@ -718,6 +539,7 @@ static PyObject *Gate_open(Gate *g, PyObject *args)
         gate_close_file(g);
         return PyErr_NoMemory();
     }
+    g->bpf_filter = (bpf_filter_fn)(uintptr_t)filter_addr;
     g->fd = fd;
     g->swapped = swapped;
     g->nsec = nsec;
@@ -767,6 +589,7 @@ static void classify_chunk(Gate *g)
 {
     pcaprec_t rec;
     size_t pos = g->walked;
+    const bpf_filter_fn bpf = g->bpf_filter;
     g->ncands = g->next = 0;
     for (;;) {
         int r = pcaprec_next(g->buf, g->size, &pos, g->swapped, &rec);
@@ -789,13 +612,13 @@ static void classify_chunk(Gate *g)
         const unsigned char *p = rec.data;
         int take;
         if (g->l2 < 0) {
-            take = g->other.insns == NULL || bpf_run(&g->other, p, rec.len, caplen) != 0;
+            take = g->other.insns == NULL || bpf(g->other.insns, p, rec.len, caplen) != 0;
         } else {
             uint8_t key[13];
             int keyed = flow_key(p, caplen, (uint32_t)g->l2, key);
             if (keyed) {
                 take = 0;
-                if (bpf_run(&g->heads, p, rec.len, caplen) != 0) {
+                if (bpf(g->heads.insns, p, rec.len, caplen) != 0) {
                     uint32_t before = ct_bump(&g->counts, key, g->counts_max);
                     if (before == UINT32_MAX) {
                         g->err = ERR_NOMEM;
@@ -804,7 +627,7 @@ static void classify_chunk(Gate *g)
                     take = before < g->cutoff;
                 }
             } else {
-                take = bpf_run(&g->other, p, rec.len, caplen) != 0;
+                take = bpf(g->other.insns, p, rec.len, caplen) != 0;
             }
         }
         if (!take)
@@ -999,34 +822,12 @@ static PyObject *Gate_stats(Gate *g, PyObject *unused)
                          "delivered", g->delivered, "skipped", g->skipped);
 }
 
-/* bpf(program, data, wirelen) -> the program's return value (for tests). */
-static PyObject *fg_bpf(PyObject *self, PyObject *args)
-{
-    (void)self;
-    PyObject *list;
-    Py_buffer v;
-    unsigned long wirelen;
-    if (!PyArg_ParseTuple(args, "Oy*k:bpf", &list, &v, &wirelen))
-        return NULL;
-    prog_t prog;
-    if (list == Py_None || prog_from_list(list, &prog) < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "no program");
-        PyBuffer_Release(&v);
-        return NULL;
-    }
-    uint32_t buflen = v.len > 0xffffffffLL ? 0xffffffffu : (uint32_t)v.len;
-    uint32_t r = bpf_run(&prog, v.buf, (uint32_t)wirelen, buflen);
-    prog_free(&prog);
-    PyBuffer_Release(&v);
-    return PyLong_FromUnsignedLong(r);
-}
-
 static PyMethodDef Gate_methods[] = {
     {"add", (PyCFunction)Gate_add, METH_O, "add(key): a key of a decided connection"},
     {"discard", (PyCFunction)Gate_discard, METH_O, "discard(key): the connection ended"},
     {"open", (PyCFunction)Gate_open, METH_VARARGS,
-     "open(fd, swapped, nsec, snaplen, l2, et_off, cutoff, heads, other): read a file"},
+     "open(fd, swapped, nsec, snaplen, l2, et_off, cutoff, heads, other, (bpf_filter, "
+     "bpf_validate)[, counts_max]): read a file"},
     {"close", (PyCFunction)Gate_close, METH_NOARGS, "close(): forget the open file"},
     {"stats", (PyCFunction)Gate_stats, METH_NOARGS, "counters of the run"},
     {NULL, NULL, 0, NULL},
@@ -1052,15 +853,11 @@ static PyTypeObject GateType = {
     .tp_as_sequence = &Gate_as_sequence,
 };
 
-static PyMethodDef module_methods[] = {
-    {"bpf", fg_bpf, METH_VARARGS, "bpf(program, data, wirelen): run a BPF program"},
-    {NULL, NULL, 0, NULL},
-};
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "bulk._flowgate",
     "The backdoor fast path's packet gate (twin: bulk.analyzers.flowgate).", -1,
-    module_methods, NULL, NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__flowgate(void)

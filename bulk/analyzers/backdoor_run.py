@@ -349,9 +349,11 @@ def _gate_open(
         except FilterError as exc:
             if _REJECTS_ALL not in str(exc):
                 raise
-            other = [(BPF_RET_K, 0, 0, 0)]  # an IPv4-only user filter: nothing is 'not ip'
+            # an IPv4-only user filter: nothing is 'not ip'
+            other = flowgate.pack([(BPF_RET_K, 0, 0, 0)])
         l2, et_off = known, _ETHERTYPE_OFFSET.get(dlt, -1)
-    gate.open(fd, head.swapped, head.nsec, head.snaplen, l2, et_off, cutoff, heads, other)
+    fns = flowgate.bpf_functions()
+    gate.open(fd, head.swapped, head.nsec, head.snaplen, l2, et_off, cutoff, heads, other, fns)
     return dlt
 
 

@@ -10,15 +10,19 @@ yielded. What is selected is documented in ``csrc/flowgate.c``; this module
 does exactly the same, slowly (``BULK_NO_NATIVE=1``, or no C compiler).
 
 :func:`prepare` reads and checks a file's header and :func:`programs` compiles
-the BPF programs a file needs (libpcap's compiler, through pcapy-ng), for
-both versions.
+the BPF programs a file needs (libpcap's compiler, through pcapy-ng) into
+packed ``struct bpf_insn`` arrays, for both versions. Both run them with
+libpcap's own ``bpf_filter`` (the one its savefile reader runs) from the
+library that compiled them, whose address :func:`bpf_functions` gives: the C
+gate through a function pointer, this twin through ctypes.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from bulk.trace.bpf import compile_bpf
@@ -30,6 +34,15 @@ _MAGIC_US = 0xA1B2C3D4
 _MAGIC_NS = 0xA1B23C4D
 
 Insn = tuple[int, int, int, int]
+_INSN = struct.Struct("=HBBI")  # struct bpf_insn: code, jt, jf, k (8 bytes)
+# The codes libpcap's bpf_filter runs (its bpf_validate lets others through, on
+# which bpf_filter aborts: see known_code in csrc/flowgate.c).
+_KNOWN_CODES = frozenset(
+    (0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x0C, 0x14, 0x15, 0x16, 0x1C, 0x1D, 0x20,
+     0x24, 0x25, 0x28, 0x2C, 0x2D, 0x30, 0x34, 0x35, 0x3C, 0x3D, 0x40, 0x44, 0x45, 0x48, 0x4C,
+     0x4D, 0x50, 0x54, 0x5C, 0x60, 0x61, 0x64, 0x6C, 0x74, 0x7C, 0x80, 0x81, 0x84, 0x87, 0x94,
+     0x9C, 0xA4, 0xAC, 0xB1)
+)  # fmt: skip
 
 
 class TruncatedError(Exception):
@@ -69,100 +82,62 @@ def prepare_path(path: str | os.PathLike[str]) -> FileHeader | None:
         os.close(fd)
 
 
-def programs(expressions: list[str | None], linktype: int) -> list[list[Insn] | None]:
-    """Each expression compiled by libpcap for ``linktype`` (None stays None)."""
-    return [
-        None if e is None else [tuple(i) for i in compile_bpf(e, linktype).get_bpf()]
-        for e in expressions
-    ]
+def pack(insns: list[Insn]) -> bytes:
+    """A program as the ``struct bpf_insn`` array libpcap's ``bpf_filter`` runs."""
+    return b"".join(_INSN.pack(*i) for i in insns)
 
 
-def bpf(program: list[Insn], data: bytes, wirelen: int) -> int:
-    """libpcap's ``bpf_filter`` (what the C gate runs): the return value, 0 to reject."""
-    a = x = 0
-    mem = [0] * 16
-    buflen = len(data)
-    pc = 0
-    while True:
-        code, jt, jf, k = program[pc]
-        pc += 1
-        cls = code & 0x07
-        if cls == 0x06:  # RET
-            return k if code & 0x18 == 0 else a
-        if cls in (0x00, 0x01):  # LD, LDX
-            mode = code & 0xE0
-            size = code & 0x18
-            if mode in {0x20, 0x40}:  # ABS, IND (LD only)
-                off = k + (x if mode == 0x40 else 0)
-                n = 4 if size == 0 else 2 if size == 0x08 else 1
-                if k > buflen or (mode == 0x40 and x > buflen - k) or n > buflen - off:
-                    return 0
-                a = int.from_bytes(data[off : off + n], "big")
-                continue
-            if mode == 0xA0:  # LDX MSH
-                if k >= buflen:
-                    return 0
-                x = (data[k] & 0x0F) << 2
-                continue
-            v = k if mode == 0x00 else wirelen if mode == 0x80 else mem[k]
-            if cls == 0x00:
-                a = v
-            else:
-                x = v
-            continue
-        if cls == 0x02:
-            mem[k] = a
-            continue
-        if cls == 0x03:
-            mem[k] = x
-            continue
-        if cls == 0x05:  # JMP
-            op = code & 0xF0
-            if op == 0x00:
-                pc += k
-                continue
-            v = x if code & 0x08 else k
-            if op == 0x10:
-                ok = a == v
-            elif op == 0x20:
-                ok = a > v
-            elif op == 0x30:
-                ok = a >= v
-            else:
-                ok = bool(a & v)
-            pc += jt if ok else jf
-            continue
-        if cls == 0x07:  # MISC
-            if code & 0xF8 == 0x00:
-                x = a
-            else:
-                a = x
-            continue
-        # ALU
-        op = code & 0xF0
-        v = x if code & 0x08 else k
-        if op == 0x00:
-            a = (a + v) & 0xFFFFFFFF
-        elif op == 0x10:
-            a = (a - v) & 0xFFFFFFFF
-        elif op == 0x20:
-            a = (a * v) & 0xFFFFFFFF
-        elif op in (0x30, 0x90):
-            if v == 0:
-                return 0
-            a = a // v if op == 0x30 else a % v
-        elif op == 0x40:
-            a |= v
-        elif op == 0x50:
-            a &= v
-        elif op == 0x60:
-            a = (a << (v & 31)) & 0xFFFFFFFF
-        elif op == 0x70:
-            a >>= v & 31
-        elif op == 0x80:
-            a = -a & 0xFFFFFFFF
-        else:
-            a ^= v
+def programs(expressions: list[str | None], linktype: int) -> list[bytes | None]:
+    """Each expression compiled by libpcap for ``linktype``, packed (None stays None)."""
+    return [None if e is None else pack(compile_bpf(e, linktype).get_bpf()) for e in expressions]
+
+
+class BpfFunctions(NamedTuple):
+    """Addresses of two functions of libpcap's, what ``open`` is given to run programs with."""
+
+    bpf_filter: int  # u_int bpf_filter(const struct bpf_insn *, const u_char *, u_int, u_int)
+    bpf_validate: int  # int bpf_validate(const struct bpf_insn *, int)
+
+
+@functools.cache
+def bpf_functions() -> BpfFunctions:
+    """``bpf_filter`` and ``bpf_validate`` of the libpcap pcapy-ng is linked with
+    (the one whose ``pcap_compile`` made the programs)."""
+    import pcapy  # noqa: PLC0415 - ctypes only where a classic pcap file is read
+
+    from bulk.trace import libpcap  # noqa: PLC0415
+
+    lib = libpcap.load(pcapy.__file__)
+    return BpfFunctions(libpcap.address(lib.bpf_filter), libpcap.address(lib.bpf_validate))
+
+
+@functools.cache
+def _callers(fns: BpfFunctions) -> tuple[Callable[..., int], Callable[..., int]]:
+    """The two functions at those addresses, callable from Python (ctypes)."""
+    import ctypes  # noqa: PLC0415
+
+    ptr, uint = ctypes.c_char_p, ctypes.c_uint
+    run = ctypes.CFUNCTYPE(uint, ptr, ptr, uint, uint)(fns.bpf_filter)
+    validate = ctypes.CFUNCTYPE(ctypes.c_int, ptr, ctypes.c_int)(fns.bpf_validate)
+    return run, validate
+
+
+def _program(prog: bytes | None, validate: Callable[..., int]) -> bytes | None:
+    """The C gate's checks of a packed program: a whole number of instructions,
+    1 to 4096 of them, codes ``bpf_filter`` knows, and libpcap's
+    ``bpf_validate`` accepts it."""
+    if prog is None:
+        return None
+    prog = bytes(prog)
+    n, rest = divmod(len(prog), _INSN.size)
+    if rest or not 1 <= n <= 4096:
+        raise ValueError("a BPF program is 1 to 4096 packed struct bpf_insn (8 bytes each)")
+    for i, (code, _jt, _jf, _k) in enumerate(_INSN.iter_unpack(prog)):
+        if code not in _KNOWN_CODES:
+            raise ValueError(f"BPF instruction {i}: libpcap's bpf_filter has no code {code:#x}")
+    if not validate(prog, n):
+        raise ValueError("libpcap's bpf_validate refuses the BPF program")
+    return prog
 
 
 def flow_key(p: bytes, l2: int) -> bytes | None:
@@ -227,15 +202,23 @@ class Gate:
         l2: int,
         et_off: int,
         cutoff: int,
-        heads: list[Insn] | None,
-        other: list[Insn] | None,
+        heads: bytes | None,
+        other: bytes | None,
+        fns: BpfFunctions | tuple[int, int],
         counts_max: int = COUNTS_MAX,
     ) -> None:
+        fns = BpfFunctions(*fns)
+        if not fns.bpf_filter or not fns.bpf_validate:
+            raise ValueError("no address of libpcap's bpf_filter or bpf_validate")
+        self._iter = None
+        run, validate = _callers(fns)
+        heads = _program(heads, validate)
+        other = _program(other, validate)
         if l2 >= 0 and (heads is None or other is None):
             raise ValueError("a known link layer needs both programs")
         snapshot = MAX_CAPLEN if snaplen == 0 or snaplen > MAX_CAPLEN else snaplen
         self._iter = self._packets(
-            fd, swapped, nsec, snapshot, l2, et_off, cutoff, heads, other, counts_max
+            fd, swapped, nsec, snapshot, l2, et_off, cutoff, heads, other, counts_max, run
         )
 
     def close(self) -> None:
@@ -281,9 +264,10 @@ class Gate:
         l2: int,
         et_off: int,
         cutoff: int,
-        heads: list[Insn] | None,
-        other: list[Insn] | None,
+        heads: bytes | None,
+        other: bytes | None,
         counts_max: int,
+        bpf: Callable[[bytes | None, bytes, int, int], int],
     ) -> Iterator[tuple[int, int, bytes]]:
         header = struct.Struct(">IIII" if swapped else "<IIII").unpack_from
         frac_ns = 1 if nsec else 1000
@@ -314,12 +298,12 @@ class Gate:
                 data = buf[pos + 16 : pos + 16 + min(caplen, snapshot)]
                 pos += 16 + caplen
                 if l2 < 0:
-                    take = other is None or bpf(other, data, wirelen) != 0
+                    take = other is None or bpf(other, data, wirelen, len(data)) != 0
                 else:
                     key = flow_key(data, l2)
                     if key is not None:
                         take = False
-                        if bpf(heads, data, wirelen) != 0:  # type: ignore[arg-type]
+                        if bpf(heads, data, wirelen, len(data)) != 0:
                             before = counts.get(key)
                             if before is None:
                                 before = 0
@@ -328,7 +312,7 @@ class Gate:
                             counts[key] = before + 1
                             take = before < cutoff
                     else:
-                        take = bpf(other, data, wirelen) != 0  # type: ignore[arg-type]
+                        take = bpf(other, data, wirelen, len(data)) != 0
                 if take:
                     cands.append((sec * 1_000_000_000 + frac * frac_ns, wirelen, data))
             stats["candidates"] += len(cands)

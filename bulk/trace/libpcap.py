@@ -90,6 +90,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "pcap_dump_flush": (_INT, [_P]),
     "pcap_dump_close": (None, [_P]),
     "pcap_dump": (None, [_P, ctypes.POINTER(PktHdr), ctypes.POINTER(ctypes.c_ubyte)]),
+    "bpf_filter": (ctypes.c_uint, [_P, _P, ctypes.c_uint, ctypes.c_uint]),
+    "bpf_validate": (_INT, [_P, _INT]),
 }
 
 
@@ -105,10 +107,16 @@ def load(name: str) -> ctypes.CDLL:
     return lib
 
 
+def address(fn: Any) -> int:
+    """The address of one of a library's C functions (0: none), for C code
+    that calls it through a function pointer."""
+    return int(ctypes.cast(fn, ctypes.c_void_p).value or 0)
+
+
 def dump_callback(lib: ctypes.CDLL) -> int:
     """The address of the library's own ``pcap_dump``, to pass as the callback
     of ``pcap_dispatch``/``pcap_loop``: no Python runs per packet."""
-    return int(ctypes.cast(lib.pcap_dump, ctypes.c_void_p).value or 0)
+    return address(lib.pcap_dump)
 
 
 @functools.cache

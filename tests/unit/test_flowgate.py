@@ -1,10 +1,12 @@
 """The backdoor fast path's packet gate: bulk._flowgate (csrc/flowgate.c) against
 its Python twin (bulk.analyzers.flowgate), both against libpcap.
 
-* BPF: the gate's interpreter (C and Python) against libpcap's own
-  ``bpf_filter`` (pcapy-ng's ``BPFProgram.filter``) and against libpcap's
-  savefile reader with the filter set (``open_offline`` + ``setfilter``, where
-  the wire length is the record's).
+* BPF: both gates run libpcap's own ``bpf_filter`` (the C one through a
+  function pointer, the twin through ctypes); what is tested is the plumbing:
+  the record's wire length and the captured bytes handed to it (against
+  libpcap's savefile reader with the filter set, on a copy whose packets are
+  cut), which program runs on which packet (selection, below), and programs
+  libpcap's ``bpf_validate`` refuses, refused.
 * Selection: with nothing decided, the gate hands Python exactly the packets
   libpcap's two passes with pcapy-ng's ``loop_filtered`` handed it before.
 * Findings: `bulk backdoor` with the C gate and with the twin, identical JSON
@@ -38,28 +40,17 @@ from bulk.analyzers.standard_ports import StandardPorts
 from bulk.errors import FilterError, TraceError
 from bulk.trace import PcapWriter, open_trace
 from bulk.trace.bpf import _LINKTYPE_TO_DLT as LINKTYPE_TO_DLT
-from bulk.trace.bpf import compile_bpf
 from bulk.trace.packet import LINKTYPE_ETHERNET, Packet
 from tests.conftest import DATA
 from tests.pktbuild import ACK, FIN, Conn, ether, ipv4, tcp_header
 
 C: Any = native.load("flowgate")
 needs_c = pytest.mark.skipif(C is None, reason="bulk._flowgate not built (no C compiler?)")
+IMPLS = [pytest.param(C, id="c", marks=needs_c), pytest.param(flowgate, id="python")]
 
 CLASSIC = sorted(
     p for p in DATA.iterdir() if p.suffix == ".pcap" and flowgate.prepare_path(p) is not None
 )
-FILTERS = [
-    None,  # the heads filter of the link type (or 'not ip')
-    "not ip",
-    "tcp port 80",
-    "vlan and tcp",
-    "ip6 and tcp",
-    "greater 100",
-    "len > 60 and tcp[13] & 2 != 0",
-    "ip[0] & 0xf != 5 or udp",
-    "tcp[tcpflags] & tcp-push != 0 and (ip[2:2] / 3) % 7 == 1",
-]
 
 
 def _packets(path: Path) -> list[Packet]:
@@ -83,50 +74,38 @@ def _expr(expr: str | None, linktype: int) -> str:
 # ---------------------------------------------------------------- BPF
 
 
-@needs_c
-@pytest.mark.parametrize("expr", FILTERS)
-def test_bpf_interpreters_match_libpcap(expr: str | None) -> None:
-    checked = 0
-    for path in sorted(DATA.glob("*.pcap*")):
-        for pkt in _packets(path):
-            try:
-                prog = compile_bpf(_expr(expr, pkt.linktype), pkt.linktype)
-            except TraceError:
-                continue
-            except Exception:  # noqa: BLE001 - a filter this link type cannot have
-                continue
-            insns = prog.get_bpf()
-            want = prog.filter(pkt.data)  # libpcap: wire length = captured length
-            assert C.bpf(insns, pkt.data, len(pkt.data)) == want, (path.name, expr)
-            assert flowgate.bpf(insns, pkt.data, len(pkt.data)) == want, (path.name, expr)
-            # with the real wire length: C and Python agree
-            assert C.bpf(insns, pkt.data, pkt.wirelen) == flowgate.bpf(insns, pkt.data, pkt.wirelen)
-            checked += 1
-    assert checked > 1000
-
-
-@needs_c
-@given(
-    data=st.binary(max_size=120), wirelen=st.integers(0, 2**32 - 1), which=st.sampled_from(FILTERS)
-)
-def test_bpf_on_garbage(data: bytes, wirelen: int, which: str | None) -> None:
-    prog = compile_bpf(_expr(which, LINKTYPE_ETHERNET), LINKTYPE_ETHERNET)
-    insns = prog.get_bpf()
-    assert C.bpf(insns, data, len(data)) == prog.filter(data)
-    assert C.bpf(insns, data, wirelen) == flowgate.bpf(insns, data, wirelen)
-
-
-@needs_c
-@pytest.mark.parametrize("expr", ["greater 200", "less 80", "len >= 1000 and tcp"])
-def test_bpf_wire_length_as_libpcaps_reader(tmp_path: Path, expr: str) -> None:
-    # A copy cut to 96 bytes a packet: wire length > captured length.
+def _cut_copy(tmp_path: Path, caplen: int = 96) -> Path:
+    """A copy of a trace whose packets are cut to ``caplen``: wire length > captured length."""
     src = DATA / "zeek-smtp.pcap"
     cut = tmp_path / "cut.pcap"
     with open_trace(str(src)) as reader, cut.open("wb") as fh:
-        w = PcapWriter(fh, reader.linktype, snaplen=96)
+        w = PcapWriter(fh, reader.linktype, snaplen=caplen)
         for p in reader:
-            w.write(Packet(p.ts_ns, p.wirelen, p.linktype, p.data[:96]))
+            w.write(Packet(p.ts_ns, p.wirelen, p.linktype, p.data[:caplen]))
         w.close()
+    return cut
+
+
+def _gate_raw(impl: Any, path: Path, program: bytes | None) -> list[tuple[int, bytes]]:
+    """Every packet ``program`` accepts (l2 < 0: the gate runs it on every record)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        head = flowgate.prepare(fd)
+        assert head is not None
+        gate = impl.Gate()
+        gate.open(fd, head.swapped, head.nsec, head.snaplen, -1, -1, 16, None, program,
+                  flowgate.bpf_functions())  # fmt: skip
+        return [(w, d) for _, w, d in gate]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    "expr", ["greater 200", "less 80", "len >= 1000 and tcp", "tcp and greater 150"]
+)
+def test_bpf_wire_length_as_libpcaps_reader(tmp_path: Path, impl: Any, expr: str) -> None:
+    cut = _cut_copy(tmp_path)
     r = pcapy.open_offline(str(cut))
     r.setfilter(expr)
     want = []
@@ -135,27 +114,93 @@ def test_bpf_wire_length_as_libpcaps_reader(tmp_path: Path, expr: str) -> None:
         if hdr is None:
             break
         want.append((hdr.getlen(), data))
-    insns = compile_bpf(expr, LINKTYPE_ETHERNET).get_bpf()
-    pkts = _packets(cut)
-    assert [(p.wirelen, p.data) for p in pkts if C.bpf(insns, p.data, p.wirelen)] == want
-    assert want and len(want) < len(pkts)
+    (program,) = flowgate.programs([expr], LINKTYPE_ETHERNET)
+    assert _gate_raw(impl, cut, program) == want
+    assert want and len(want) < len(_packets(cut))
+    # The same file through the heads/'not ip' selection: libpcap's two passes.
+    assert Counter((w, d) for _, w, d in _gate_packets(impl, cut, expr)) == Counter(
+        _libpcap_passes(cut, expr)
+    )
+
+
+BAD_PROGRAMS = [
+    b"",
+    flowgate.pack([(0x06, 0, 0, 1)])[:-1],  # not a whole instruction
+    flowgate.pack([(0x06, 0, 0, 1)] * 4097),  # too long
+    flowgate.pack([(0x15, 5, 0, 1), (0x06, 0, 0, 1)]),  # jumps out
+    flowgate.pack([(0x28, 0, 0, 12)]),  # no return at the end
+    flowgate.pack([(0xFFFF, 0, 0, 0), (0x06, 0, 0, 1)]),  # no such instruction: bpf_validate
+    flowgate.pack([(0x0104, 0, 0, 0), (0x06, 0, 0, 1)]),  # passes them, bpf_filter aborts
+    flowgate.pack([(0x08, 0, 0, 0), (0x06, 0, 0, 1)]),
+    flowgate.pack([(0xF7, 0, 0, 0), (0x06, 0, 0, 1)]),
+    flowgate.pack([(0x02, 0, 0, 16), (0x06, 0, 0, 1)]),  # memory word 16
+    flowgate.pack([(0x34, 0, 0, 0), (0x06, 0, 0, 1)]),  # A /= 0
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bad_programs_are_refused(impl: Any) -> None:
+    fd = os.open(DATA / "zeek-smtp.pcap", os.O_RDONLY)
+    fns = flowgate.bpf_functions()
+    try:
+        gate = impl.Gate()
+
+        def open_(program: Any, fns: Any = fns) -> None:
+            gate.open(fd, False, False, 65535, -1, -1, 16, None, program, fns)
+
+        accept_all = flowgate.pack([(0x06, 0, 0, 0xFFFF)])
+        open_(accept_all)
+        assert len(list(gate)) == len(_packets(DATA / "zeek-smtp.pcap"))
+        for bad in BAD_PROGRAMS:
+            with pytest.raises(ValueError):
+                open_(bad)
+            assert list(gate) == []  # the file before is forgotten
+        with pytest.raises(TypeError):
+            open_("x")
+        for no in ((0, fns.bpf_validate), (fns.bpf_filter, 0)):
+            with pytest.raises(ValueError):
+                open_(accept_all, no)
+    finally:
+        os.close(fd)
 
 
 @needs_c
-def test_bad_programs_are_refused() -> None:
-    ok = [(6, 0, 0, 1)]
-    assert C.bpf(ok, b"", 0) == 1
-    for bad in (
-        [],
-        [(0x15, 5, 0, 1), (6, 0, 0, 1)],
-        [(0x28, 0, 0, 12)],
-        [(0xFFFF, 0, 0, 0)],
-        [(0x02, 0, 0, 16), (6, 0, 0, 1)],
-        "x",
-        [(1, 2)],
-    ):
-        with pytest.raises((ValueError, TypeError)):
-            C.bpf(bad, b"", 0)
+def test_every_code_refused_or_run_alike() -> None:
+    # Every one-byte code (and a few wider ones) as a program's first
+    # instruction: refused by both gates, or run by libpcap over a trace with
+    # the same packets out (a code bpf_filter does not know would abort). The
+    # codes libpcap's compiler makes are all run.
+    path = DATA / "tcp-handshake-nano.pcap"
+    fns = flowgate.bpf_functions()
+    fd = os.open(path, os.O_RDONLY)
+    run = set()
+    try:
+        head = flowgate.prepare(fd)
+        assert head is not None
+        for code in [*range(256), 0x0104, 0x8000, 0xFFFF]:
+            prog = flowgate.pack([(code, 0, 0, 1), (0x16, 0, 0, 0)])  # (code); ret A
+            got = []
+            for impl in (C, flowgate):
+                gate = impl.Gate()
+                try:
+                    gate.open(fd, head.swapped, head.nsec, head.snaplen, -1, -1, 16, None, prog,
+                              fns)  # fmt: skip
+                except ValueError:
+                    got.append(None)
+                else:
+                    got.append(list(gate))
+            assert got[0] == got[1], hex(code)
+            if got[0] is not None:
+                run.add(code)
+    finally:
+        os.close(fd)
+    compiled = {
+        code
+        for expr in ["tcp[13] & 2 != 0 and len > 60", "(ip[2:2] / 3) % 7 == 1 or ip6", "vlan"]
+        for code, _, _, _ in struct.iter_unpack("=HBBI", flowgate.programs([expr], 1)[0] or b"")
+    }
+    assert compiled <= run
+    assert 0xFFFF not in run and 0x08 not in run
 
 
 # ---------------------------------------------------------------- selection
@@ -331,9 +376,6 @@ def _write(path: Path, pkts: list[Packet], linktype: int = LINKTYPE_ETHERNET) ->
             w.write(p)
         w.close()
     return path
-
-
-IMPLS = [pytest.param(C, id="c", marks=needs_c), pytest.param(flowgate, id="python")]
 
 
 class Reader:
@@ -562,12 +604,13 @@ def test_head_counts_start_again_when_full(impl: Any, tmp_path: Path) -> None:
     pkts = [c.c2s(k, b"x") for k in range(3) for c in conns]  # A1 B1 C1 A2 B2 C2 A3 ...
     path = _write(tmp_path / "t.pcap", pkts)
     heads, other = flowgate.programs([backdoor_run.HEADS_FILTER_ETHERNET, "not ip"], 1)
+    fns = flowgate.bpf_functions()
     fd = os.open(path, os.O_RDONLY)
     try:
         got = {}
         for counts_max in (impl.COUNTS_MAX, 2):
             gate = impl.Gate()
-            gate.open(fd, False, False, 65535, 14, 12, 2, heads, other, counts_max)
+            gate.open(fd, False, False, 65535, 14, 12, 2, heads, other, fns, counts_max)
             got[counts_max] = [d for _, _, d in gate]
     finally:
         os.close(fd)
