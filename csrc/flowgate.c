@@ -129,10 +129,11 @@ static int prog_from_buffer(PyObject *obj, bpf_validate_fn validate, prog_t *pro
     int n = (int)(v.len / (Py_ssize_t)sizeof(bpf_insn_t));
     PyBuffer_Release(&v);
     for (int i = 0; i < n; i++) {
+        unsigned int code = insns[i].code;
         if (!known_code(insns[i].code)) {
             PyMem_Free(insns);
             PyErr_Format(PyExc_ValueError, "BPF instruction %d: libpcap's bpf_filter has no code %#x",
-                         i, (unsigned int)insns[i].code);
+                         i, code);
             return -1;
         }
     }
