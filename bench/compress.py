@@ -38,7 +38,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bulk import native  # noqa: E402
 from bulk.compress.codec import CompressSettings, check_index, compress_file  # noqa: E402
+from bulk.trace import zstdframe  # noqa: E402
 from bulk.trace.framing import split_frames  # noqa: E402
 from tests.compress_data import make_pcap  # noqa: E402
 
@@ -51,15 +53,17 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def timed(cmd: list[str], stdout: Path | None = None) -> tuple[float, float]:
+def timed(
+    cmd: list[str], stdout: Path | None = None, env: dict[str, str] | None = None
+) -> tuple[float, float]:
     """Wall and CPU seconds of one command."""
     c0 = children_cpu()
     t0 = time.perf_counter()
     if stdout is None:
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
     else:
         with open(stdout, "wb") as f:
-            subprocess.run(cmd, check=True, stdout=f)
+            subprocess.run(cmd, check=True, stdout=f, env=env)
     return time.perf_counter() - t0, children_cpu() - c0
 
 
@@ -76,6 +80,12 @@ def main() -> int:
         metavar="N",
         help="also cut the input into N traces (on frame boundaries) and compress them "
         "as one archive, against zstd on the same files (0: skip)",
+    )
+    ap.add_argument(
+        "--no-native",
+        action="store_true",
+        help="also time bulk compress (zstd) with BULK_NO_NATIVE=1: the Python record "
+        "walks instead of the C accelerator bulk._recwalk",
     )
     args = ap.parse_args()
     for tool in ("zstd", "gzip", "sync"):
@@ -97,15 +107,18 @@ def main() -> int:
         if name not in best or wall < best[name][0]:
             best[name] = (wall, cpu, out_size)
 
-    def bulk_run(fmt: str, level: int) -> None:
+    def bulk_run(fmt: str, level: int, no_native: bool = False) -> None:
         shutil.rmtree(arch, ignore_errors=True)
         arch.mkdir()
         os.link(src, arch / "trace.pcap")
+        env = {**os.environ, "BULK_NO_NATIVE": "1"} if no_native else None
         wall, cpu = timed(
-            [*BULK, "compress", "--dir", str(arch), "--format", fmt, "--level", str(level)]
+            [*BULK, "compress", "--dir", str(arch), "--format", fmt, "--level", str(level)],
+            env=env,
         )
         out = arch / ("trace.pcap" + (".zst" if fmt == "zstd" else ".gz"))
-        note(f"bulk compress --format {fmt} --level {level}", wall, cpu, out.stat().st_size)
+        name = f"bulk compress --format {fmt} --level {level}"
+        note(name + (" (BULK_NO_NATIVE=1)" if no_native else ""), wall, cpu, out.stat().st_size)
 
     small_dir = OUT / "compress-small"
     small: list[Path] = []
@@ -117,8 +130,8 @@ def main() -> int:
             header = b""
             for k, chunk in enumerate(splitter):
                 if k == 0:
-                    header = chunk.data[:24]
-                    data = chunk.data
+                    header = bytes(chunk.data[:24])
+                    data = bytes(chunk.data)
                 else:
                     data = header + chunk.data
                 p = small_dir / f"t{k:03d}.pcap"
@@ -158,6 +171,8 @@ def main() -> int:
         wall2, cpu2 = timed(["sync", str(zout)])
         note(f"zstd -{args.level} -T2 + sync FILE", wall + wall2, cpu + cpu2, zout.stat().st_size)
         bulk_run("zstd", args.level)
+        if args.no_native:
+            bulk_run("zstd", args.level, no_native=True)
         if small:
             small_runs()
         if run == 0:  # gzip is ten times slower: once is enough
@@ -176,22 +191,24 @@ def main() -> int:
             pass
     walk = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with open(phases, "wb") as f:
-        compress_file(str(src), f, settings)
+    with open(phases, "wb") as fw:
+        compress_file(str(src), fw, settings)
     plain = time.perf_counter() - t0
     phases.unlink()
     t0 = time.perf_counter()
-    with os.fdopen(os.open(phases, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), "wb") as f:
-        c = compress_file(str(src), f, settings, verify_frames=True)
-        f.flush()
+    with os.fdopen(os.open(phases, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), "wb") as fw:
+        c = compress_file(str(src), fw, settings, verify_frames=True)
+        fw.flush()
         t1 = time.perf_counter()
-        os.fsync(f.fileno())
+        os.fsync(fw.fileno())
     t2 = time.perf_counter()
     check_index(str(phases), c)
     t3 = time.perf_counter()
     os.unlink(phases)
 
     print(f"\ninput: {size / 1e6:.0f} MB, {c.packets} packets, {len(c.index.frames)} frames")
+    walker = "C (bulk._recwalk)" if native.load("recwalk") else "Python (bulk._recwalk not in use)"
+    print(f"record walks: {walker}; zstd: {zstdframe.engine()}")
     print(f"{'command':42} {'wall s':>7} {'cpu s':>7} {'MB/s':>7} {'ratio':>6}")
     for name, (wall, cpu, out_size) in best.items():
         print(f"{name:42} {wall:7.2f} {cpu:7.2f} {size / 1e6 / wall:7.0f} {size / out_size:6.3f}")
@@ -205,6 +222,11 @@ def main() -> int:
     print(f"\nbulk zstd / zstd -T2:          {bz / zs:.2f}x time, {bcpu / zcpu:.2f}x CPU")
     print(f"bulk zstd / (zstd -T2 + sync): {bz / zsync:.2f}x time")
     print(f"bulk gzip / gzip -6:           {bg / gz:.2f}x time")
+    if args.no_native:
+        py = best[f"bulk compress --format zstd --level {args.level} (BULK_NO_NATIVE=1)"]
+        print(
+            f"bulk zstd, Python walks / zstd -T2: {py[0] / zs:.2f}x time, {py[1] / zcpu:.2f}x CPU"
+        )
     if small:
         zsm = best[f"zstd -{args.level} -T2, {len(small)} files"]
         bsm = best[f"bulk compress, {len(small)} files"]
