@@ -16,6 +16,13 @@ and the ratios bulk/tcpdump. Then an RSS-over-run-length check for bulk.
 
     python bench/capture.py                       # about 6 minutes on 2 cores
     python bench/capture.py --rates 100000,250000 --no-hog --tools bulk,tcpdump
+    python bench/capture.py --interleave 5 --tools bulk,bulk-noindex,tcpdump
+
+``--interleave N`` replaces the ladders: N rounds of one top-speed run per
+tool and input, the tools taking turns (each net of its own run without
+traffic), then per tool the median and range of CPU per packet and the ratio
+to tcpdump in each round. A burst of load from outside then touches one round
+of every tool rather than one tool's whole ladder.
 
 Needs root (namespaces), tcpreplay, tcpdump, netsniff-ng, capinfos, taskset.
 """
@@ -28,6 +35,7 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -332,6 +340,13 @@ def main() -> int:
     ap.add_argument("--no-hog", action="store_true", help="skip the CPU hog condition")
     ap.add_argument("--conditions", default="idle,hog", help="idle, hog or both")
     ap.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the ladders: N rounds of top-speed runs, tools taking turns",
+    )
+    ap.add_argument(
         "--rss-packets",
         type=int,
         default=3_000_000,
@@ -346,6 +361,8 @@ def main() -> int:
     inputs = make_inputs()
     conditions = [c for c in args.conditions.split(",") if not (args.no_hog and c == "hog")]
     summary: list[str] = []
+    if args.interleave:
+        return interleaved(tools, args.inputs.split(","), conditions, args.interleave)
     with Link() as link:
         for cond in conditions:
             hog = None
@@ -372,6 +389,63 @@ def main() -> int:
                         f"captured (lost {run.lost:,}): peak RSS {run.rss_kib / 1024:.1f} MiB"
                     )
                     print(line, flush=True)
+                    summary.append(line)
+    print("\nsummary")
+    for line in summary:
+        print(line)
+    return 0
+
+
+def interleaved(tools: list[str], names: list[str], conditions: list[str], rounds: int) -> int:
+    """Top-speed runs, tools taking turns round after round: medians and per-round ratios."""
+    inputs = make_inputs()
+    packets = 600_000  # about one second of tcpreplay's top speed
+    summary: list[str] = []
+    with Link() as link:
+        for cond in conditions:
+            hog = None
+            if cond == "hog":
+                hog = subprocess.Popen(
+                    ["taskset", "-c", CAPTURE_CPU, "sh", "-c", "while :; do :; done"]
+                )
+            try:
+                runs: dict[tuple[str, str], list[Run]] = {}
+                for r in range(rounds):
+                    for name in names:
+                        for tool in tools:
+                            base = one_run(link, tool, inputs[name], 1, 0).cpu_s
+                            run = one_run(link, tool, inputs[name], 0, packets)
+                            run.cpu_s = max(run.cpu_s - base, 0.0)
+                            runs.setdefault((name, tool), []).append(run)
+                            print(
+                                f"round {r} {name:5s} {cond:4s} {tool:12s} "
+                                f"cpu {run.cpu_per_mpkt:6.3f} s/Mpkt lost {run.lost:,} "
+                                f"rss {run.rss_kib / 1024:5.1f} MiB "
+                                f"load {os.getloadavg()[0]:.1f}",
+                                flush=True,
+                            )
+            finally:
+                if hog is not None:
+                    hog.kill()
+                    hog.wait()
+            for name in names:
+                ref = runs.get((name, "tcpdump"))
+                for tool in tools:
+                    mine = runs[(name, tool)]
+                    cpu = sorted(r.cpu_per_mpkt for r in mine)
+                    line = (
+                        f"{name:5s} {cond:4s} {tool:12s} cpu median {statistics.median(cpu):.3f} "
+                        f"({cpu[0]:.3f}-{cpu[-1]:.3f}) s/Mpkt; lost {sum(r.lost for r in mine):,}; "
+                        f"peak rss {max(r.rss_kib for r in mine) / 1024:.1f} MiB"
+                    )
+                    if ref is not None and tool != "tcpdump":
+                        ratios = [
+                            b.cpu_per_mpkt / max(t.cpu_per_mpkt, 1e-9)
+                            for b, t in zip(mine, ref, strict=True)
+                        ]
+                        line += "; ratio to tcpdump per round " + " ".join(
+                            f"{x:.2f}x" for x in ratios
+                        )
                     summary.append(line)
     print("\nsummary")
     for line in summary:
