@@ -8,14 +8,31 @@ no C compiler is at hand the package still installs and runs, only slower;
 wheelhouse is byte-identical when nothing changed.
 """
 
+import os
 from glob import glob
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class BuildExt(build_ext):
+    """Replaces an in-place ``bulk/_NAME.so`` by a new file instead of rewriting it.
+
+    Rewriting the loaded file's bytes (same inode) crashes the processes that
+    have it mapped (a capture, a benchmark or tests running from the tree).
+    """
+
+    def copy_file(self, infile, outfile, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(outfile).endswith(".so") and os.path.lexists(outfile):
+            os.unlink(outfile)
+        return super().copy_file(infile, outfile, *args, **kwargs)
+
 
 HEADERS = sorted(glob("csrc/*.h"))
 
 setup(
+    cmdclass={"build_ext": BuildExt},
     ext_modules=[
         Extension(
             f"bulk._{Path(source).stem}",
@@ -26,5 +43,5 @@ setup(
             optional=True,
         )
         for source in sorted(glob("csrc/*.c"))
-    ]
+    ],
 )
