@@ -313,12 +313,18 @@ def ladder(link: Link, tool: str, pcap: Path, rates: list[int], seconds: float) 
         label = "top speed" if rate == 0 else f"{rate:,} pps"
         print(
             f"    {tool:11s} {label:>12s}: sent {run.sent:>9,} lost {run.lost:>8,} "
-            f"cpu {run.cpu_per_mpkt:6.2f} s/Mpkt  rss {run.rss_kib / 1024:6.1f} MiB",
+            f"cpu {run.cpu_per_mpkt:6.2f} s/Mpkt  rss {run.rss_kib / 1024:6.1f} MiB  "
+            f"load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
         if run.lost:
             break
     return runs
+
+
+def _hog() -> subprocess.Popen[bytes]:
+    """A busy loop pinned to the capture's CPU."""
+    return subprocess.Popen(["taskset", "-c", CAPTURE_CPU, "sh", "-c", "while :; do :; done"])
 
 
 def main() -> int:
@@ -352,6 +358,11 @@ def main() -> int:
         default=3_000_000,
         help="packets of the long run for bulk's RSS check (0 skips it)",
     )
+    ap.add_argument(
+        "--long-conditions",
+        default="idle",
+        help="conditions of the long runs: idle, hog or both (idle,hog)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
@@ -367,9 +378,7 @@ def main() -> int:
         for cond in conditions:
             hog = None
             if cond == "hog":
-                hog = subprocess.Popen(
-                    ["taskset", "-c", CAPTURE_CPU, "sh", "-c", "while :; do :; done"]
-                )
+                hog = _hog()
             try:
                 for name in args.inputs.split(","):
                     print(f"{name} packets, capture CPU {cond}:", flush=True)
@@ -379,17 +388,29 @@ def main() -> int:
                 if hog is not None:
                     hog.kill()
                     hog.wait()
-        if args.rss_packets:
-            print("long runs, top speed, mixed sizes (RSS against run length):", flush=True)
-            for tool in [t for t in tools if t.startswith("bulk") or t == "tcpdump"]:
-                for packets in (args.rss_packets // 10, args.rss_packets):
-                    run = one_run(link, tool, inputs["mixed"], 0, packets)
-                    line = (
-                        f"long  {tool:11s} {run.captured:>10,} of {run.sent:>10,} packets "
-                        f"captured (lost {run.lost:,}): peak RSS {run.rss_kib / 1024:.1f} MiB"
-                    )
-                    print(line, flush=True)
-                    summary.append(line)
+        for cond in args.long_conditions.split(",") if args.rss_packets else []:
+            print(
+                f"long runs, top speed, mixed sizes, capture CPU {cond} (RSS against run length):",
+                flush=True,
+            )
+            hog = _hog() if cond == "hog" else None
+            try:
+                for tool in [t for t in tools if t.startswith("bulk") or t == "tcpdump"]:
+                    for packets in (args.rss_packets // 10, args.rss_packets):
+                        load = os.getloadavg()[0]
+                        run = one_run(link, tool, inputs["mixed"], 0, packets)
+                        line = (
+                            f"long  {cond:4s} {tool:11s} {run.captured:>10,} of {run.sent:>10,} "
+                            f"packets captured (lost {run.lost:,}): cpu "
+                            f"{run.cpu_per_mpkt:.2f} s/Mpkt, peak RSS {run.rss_kib / 1024:.1f} "
+                            f"MiB, load {load:.1f} -> {os.getloadavg()[0]:.1f}"
+                        )
+                        print(line, flush=True)
+                        summary.append(line)
+            finally:
+                if hog is not None:
+                    hog.kill()
+                    hog.wait()
     print("\nsummary")
     for line in summary:
         print(line)
@@ -405,9 +426,7 @@ def interleaved(tools: list[str], names: list[str], conditions: list[str], round
         for cond in conditions:
             hog = None
             if cond == "hog":
-                hog = subprocess.Popen(
-                    ["taskset", "-c", CAPTURE_CPU, "sh", "-c", "while :; do :; done"]
-                )
+                hog = _hog()
             try:
                 runs: dict[tuple[str, str], list[Run]] = {}
                 for r in range(rounds):
