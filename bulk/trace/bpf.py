@@ -43,4 +43,35 @@ def compile_bpf(expression: str, linktype: int) -> pcapy.BPFProgram:
         dlt = _LINKTYPE_TO_DLT.get(linktype, linktype)
         return pcapy.compile(dlt, _MAX_SNAPLEN, expression, 1, _NETMASK_UNKNOWN)
     except pcapy.PcapError as exc:
-        raise FilterError(f"bad filter {expression!r}: {exc}") from None
+        message = _libpcap_message(dlt, expression) or str(exc)
+        raise FilterError(f"bad filter {expression!r}: {message}") from None
+
+
+def _libpcap_message(dlt: int, expression: str) -> str | None:
+    """libpcap's message for an expression it refuses, asked again through ctypes.
+
+    pcapy-ng 2.1 builds its exception from the handle's error buffer after
+    closing the handle (a use after free: AddressSanitizer reports it), so its
+    text may be garbled; the same libpcap compiling on a handle kept open gives
+    the real one. None when that cannot be done.
+    """
+    import ctypes  # noqa: PLC0415 - only on the error path
+
+    from bulk.trace import libpcap  # noqa: PLC0415
+
+    try:
+        lib = libpcap.load(pcapy.__file__)
+    except (OSError, AttributeError):
+        return None
+    handle = lib.pcap_open_dead(dlt, _MAX_SNAPLEN)
+    if not handle:
+        return None
+    try:
+        prog = libpcap.BpfProgram()
+        code = expression.encode()
+        if lib.pcap_compile(handle, ctypes.byref(prog), code, 1, _NETMASK_UNKNOWN) == 0:
+            lib.pcap_freecode(ctypes.byref(prog))
+            return None
+        return libpcap.text(lib.pcap_geterr(handle)) or None
+    finally:
+        lib.pcap_close(handle)
