@@ -35,6 +35,7 @@ from typing import BinaryIO
 
 from bulk.archive.catalogue import Catalogue, FileRecord, FrameEntry
 from bulk.archive.listing import OPEN_SUFFIX, is_trace_name
+from bulk.archive.locks import is_locked, try_lock
 from bulk.archive.naming import STATE_DIRNAME
 from bulk.compress.codec import (
     FORMATS,
@@ -422,30 +423,17 @@ def lock_run(directory: str) -> int | None:
     state = os.path.join(directory, STATE_DIRNAME)
     try:
         os.makedirs(state, mode=0o750, exist_ok=True)
-        fd = os.open(os.path.join(state, "compress.lock"), os.O_RDWR | os.O_CREAT, 0o640)
+        return try_lock(os.path.join(state, "compress.lock"))
     except OSError as exc:
         raise ArchiveError(f"{state}: cannot take the compress lock: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def is_busy(path: str) -> bool:
-    """True if another process holds a lock on the file (being compressed)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    """True if another process holds the file's exclusive lock (a run compressing
+    it). The probe is shared (:func:`bulk.archive.locks.is_locked`): two runs
+    probing the same file at once do not see each other as its owner, as the
+    exclusive probe this replaced could."""
+    return is_locked(path)
 
 
 def delete_trace(path: str, archive: Archive) -> None:
