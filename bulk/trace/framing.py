@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple, Protocol, cast
 
@@ -154,7 +154,8 @@ class FrameSplitter:
         Small frames are copied out of a shared buffer.
         """
         lay = self.layout
-        walk = _walker().walk_pcap
+        walker = _walker()
+        walk = walker.walk_pcap
         size = self.frame_size
         swapped = _swapped(lay.endian)
         maxcap = max(lay.snaplen, MAX_SNAPLEN)
@@ -175,7 +176,7 @@ class FrameSplitter:
                     pos -= start
                     cut -= start
                     start = 0
-                data, eof = _fill(self._f, data, cut + margin, step)
+                data, eof = _fill(self._f, data, cut + margin, step, walker.new_buffer)
             end = len(data)
             pos, n, first, last, lo, hi = walk(data, pos, cut, maxcap, swapped, lay.nanosecond)
             stats = _stats(n, first, last, lo, hi)
@@ -464,6 +465,8 @@ class _Walker(Protocol):
         self, data: bytes | bytearray | memoryview, pos: int, big_endian: bool
     ) -> tuple[int, int]: ...
 
+    def new_buffer(self, n: int) -> bytearray: ...
+
 
 def _walker() -> _Walker:
     """``bulk._recwalk`` when built (and not disabled by ``BULK_NO_NATIVE``), else this
@@ -474,15 +477,28 @@ def _walker() -> _Walker:
     return cast(_Walker, sys.modules[__name__])
 
 
-def _fill(f: BinaryIO, data: bytearray, want: int, step: int) -> tuple[bytearray, bool]:
-    """A new buffer: ``data``, then bytes read from ``f`` up to ``want`` bytes in all,
-    and whether the end of ``f`` was reached.
+def new_buffer(n: int) -> bytearray:
+    """A buffer of ``n`` bytes to be filled before it is read (the twin of
+    ``bulk._recwalk.new_buffer``, which does not zero them first)."""
+    return bytearray(n)
+
+
+def _fill(
+    f: BinaryIO,
+    data: bytearray,
+    want: int,
+    step: int,
+    new: Callable[[int], bytearray] = new_buffer,
+) -> tuple[bytearray, bool]:
+    """A new buffer (made by ``new``, its bytes unset): ``data``, then bytes read from
+    ``f`` up to ``want`` bytes in all, and whether the end of ``f`` was reached. Only
+    bytes written are kept (the rest is cut off), so no unset byte is ever read.
 
     The buffer starts at ``step`` bytes past ``data`` at most and grows only as
     bytes arrive, so that a huge ``want`` (a hostile snaplen in the file header
     makes the margin up to 4 GiB) costs no more memory than the file has."""
     have = len(data)
-    buf = bytearray(max(have + (1 << 20), min(want, have + step)))
+    buf = new(max(have + (1 << 20), min(want, have + step)))
     buf[:have] = data
     eof = False
     readinto = getattr(f, "readinto", None)

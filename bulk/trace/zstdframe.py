@@ -200,7 +200,7 @@ class _Decoder:
             raise MemoryError("ZSTD_createDCtx failed")
         self._buf = ctypes.create_string_buffer(0)
 
-    def decompress(self, comp: bytes, size: int) -> memoryview:
+    def decompress(self, comp: bytes | ctypes.Array[ctypes.c_char], size: int) -> memoryview:
         lib = self._lib
         declared = lib.ZSTD_getFrameContentSize(comp, len(comp))
         if declared == _CONTENTSIZE_ERROR:
@@ -246,7 +246,7 @@ class FrameDecompressor:
 
     def equal(
         self,
-        comp: bytes,
+        comp: bytes | ctypes.Array[ctypes.c_char],
         original: bytes | bytearray,
         same: Callable[[memoryview, bytes | bytearray], bool],
     ) -> bool:

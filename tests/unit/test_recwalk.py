@@ -308,6 +308,32 @@ def test_a_hostile_snaplen_costs_no_more_memory_than_the_file(c_walk: Any) -> No
         assert peak < 4 * framing.DEFAULT_FRAME_SIZE
 
 
+def test_new_buffer_twins(c_walk: Any) -> None:
+    """The C new_buffer (not zeroed) and its twin give a bytearray of the size asked,
+    that takes writes and cuts as any does; both refuse a negative size."""
+    for new in (c_walk.new_buffer, framing.new_buffer):
+        for n in (0, 1, 4096, 1 << 20):
+            buf = new(n)
+            assert type(buf) is bytearray and len(buf) == n
+            buf[: min(n, 3)] = b"abc"[: min(n, 3)]
+            del buf[min(n, 3) :]
+            assert buf == b"abc"[: min(n, 3)]
+        with pytest.raises(ValueError):
+            new(-1)
+
+
+def test_fill_keeps_only_bytes_read(c_walk: Any) -> None:
+    """_fill with either buffer maker holds exactly the bytes given and read (a
+    short file: the unset rest is cut off, never seen)."""
+    rnd = random.Random(3)
+    for new in (c_walk.new_buffer, framing.new_buffer):
+        for total in (0, 10, 5000, 3 << 20):
+            raw = rnd.randbytes(total)
+            head = bytearray(b"hd")
+            buf, eof = framing._fill(io.BytesIO(raw), head, 2 + (4 << 20), 1 << 20, new)
+            assert bytes(buf) == b"hd" + raw and eof
+
+
 def test_c_walk_rejects_impossible_arguments(c_walk: Any) -> None:
     with pytest.raises(ValueError, match="pos"):
         c_walk.walk_pcap(b"", -1, 10, 100, False, False)
@@ -399,16 +425,18 @@ def test_writer_catches_a_frame_that_reads_back_wrong(
     elif not zstdframe.FrameDecompressor().available():
         pytest.skip("no system libzstd")
     raw = (TRACES / "zeek-smtp.pcap").read_bytes()
-    real_pread = os.pread
 
-    def corrupt_pread(fd: int, n: int, offset: int) -> bytes:
-        data = bytearray(real_pread(fd, n, offset))
-        data[n // 2] ^= 0x01
-        return bytes(data)
+    class Corrupting(io.FileIO):
+        """Every write reaches the file with one bit flipped on disk (whatever reads
+        it back, ``pread`` or a mapping, sees the flip; the writer's copy does not)."""
 
-    monkeypatch.setattr(os, "pread", corrupt_pread)
-    path = tmp_path / "out.zst"
-    with open(path, "w+b") as out:
+        def write(self, b: Any) -> int:
+            pos = self.tell()
+            n = super().write(b)
+            os.pwrite(self.fileno(), bytes([b[n // 2] ^ 0x01]), pos + n // 2)
+            return n
+
+    with Corrupting(tmp_path / "out.zst", "w+") as out:
         writer = seekable.SeekableWriter(out, "zstd", 3, 2, verify=True)
         sp = framing.split_frames(io.BytesIO(raw), 4096)
         with pytest.raises(seekable.FrameMismatch):
