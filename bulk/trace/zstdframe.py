@@ -13,7 +13,6 @@ with any zstd.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import queue
 import threading
@@ -30,15 +29,28 @@ _C_CONTENT_SIZE_FLAG = 200
 _C_CHECKSUM_FLAG = 201
 
 
+def _load_system_lib() -> Any:
+    """libzstd by its soname (that of every zstd 1.x), else wherever
+    ``find_library`` finds it (which runs ``ldconfig -p``: some 3 ms, and 6 ms
+    of imports, at every start of ``bulk compress``); None when there is none."""
+    try:
+        return ctypes.CDLL("libzstd.so.1")
+    except OSError:
+        pass
+    from ctypes.util import find_library  # noqa: PLC0415 - only without the soname
+
+    name = find_library("zstd")
+    return None if name is None else ctypes.CDLL(name)
+
+
 @lru_cache(maxsize=1)
 def _system_lib() -> Any:
     if os.environ.get(ENV, "") == "bundled":
         return None
-    name = ctypes.util.find_library("zstd")
-    if name is None:
-        return None
     try:
-        lib = ctypes.CDLL(name)
+        lib = _load_system_lib()
+        if lib is None:
+            return None
         lib.ZSTD_versionNumber.restype = ctypes.c_uint
         if lib.ZSTD_versionNumber() < _MIN_VERSION:
             return None

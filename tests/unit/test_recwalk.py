@@ -5,6 +5,8 @@ lengths) and on generated input; and the verification's decompression."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import json
 import os
@@ -511,3 +513,28 @@ def test_deep_verify_walks_every_frame(
     with pytest.raises(ArchiveError, match="frame 2 walks to"):
         codec.verify(path, io.BytesIO(raw), None, deep=True)
     assert walked
+
+
+def test_system_libzstd_by_soname_else_find_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The system libzstd is loaded by its soname; where that fails, from the path
+    find_library gives; where that finds none, not at all."""
+    if zstdframe._system_lib() is None:
+        pytest.skip("no system libzstd")
+    maps = Path("/proc/self/maps").read_text().split("\n")
+    path = next(line.split()[-1] for line in maps if "/libzstd.so" in line)
+    real = ctypes.CDLL
+    tried: list[str] = []
+
+    def cdll(name: str, *args: Any, **kwargs: Any) -> Any:
+        tried.append(name)
+        if name == "libzstd.so.1":
+            raise OSError("refused by the test")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(ctypes, "CDLL", cdll)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: path)
+    lib = zstdframe._load_system_lib()
+    assert lib is not None and lib.ZSTD_versionNumber() > 0
+    assert tried == ["libzstd.so.1", path]
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    assert zstdframe._load_system_lib() is None
