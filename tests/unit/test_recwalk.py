@@ -27,9 +27,13 @@ from bulk.compress import codec
 from bulk.errors import ArchiveError, TraceError
 from bulk.trace import framing, seekable, zstdframe
 from bulk.trace.reader import MAX_SNAPLEN
+from tests.conftest import DATA
 
-TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
+# The corpus bundled in the repository (tests/data: ../shared/traces with its
+# manifest), so that a clone on its own has it.
+TRACES = DATA
 TRACE_FILES = sorted(p for p in TRACES.glob("*") if p.suffix in (".pcap", ".pcapng"))
+assert TRACE_FILES, f"no traces in {TRACES}"
 FRAME_SIZES = (1, 700, 4096, 1 << 20)
 
 
