@@ -43,30 +43,11 @@ static inline uint32_t pcaprec_u32(const unsigned char *p, int swapped)
     return swapped ? __builtin_bswap32(v) : v;
 }
 
-/* Reads the record at buf[*pos]; see the PCAPREC_* results. */
-static inline int pcaprec_next(const unsigned char *buf, size_t size, size_t *pos,
-                               int swapped, pcaprec_t *rec)
-{
-    size_t at = *pos;
-    if (at > size || size - at < PCAPREC_HEADER)
-        return PCAPREC_SHORT;
-    const unsigned char *h = buf + at;
-    rec->sec = pcaprec_u32(h, swapped);
-    rec->frac = pcaprec_u32(h + 4, swapped);
-    rec->caplen = pcaprec_u32(h + 8, swapped);
-    rec->len = pcaprec_u32(h + 12, swapped);
-    if (rec->caplen > PCAPREC_MAX_CAPLEN)
-        return PCAPREC_BOGUS;
-    if (size - at - PCAPREC_HEADER < rec->caplen)
-        return PCAPREC_SHORT;
-    rec->data = h + PCAPREC_HEADER;
-    *pos = at + PCAPREC_HEADER + rec->caplen;
-    return PCAPREC_OK;
-}
-
-/* As pcaprec_next, with the caller's limit on the captured length (bulk's
- * readers allow max(snaplen, PCAPREC_MAX_CAPLEN)). Only sec, frac and caplen
- * are filled in (and data): the walks that cut frames need no more. */
+/* Reads the record at buf[*pos] (see the PCAPREC_* results), with the
+ * caller's limit on the captured length (bulk's readers allow
+ * max(snaplen, PCAPREC_MAX_CAPLEN)). Only sec, frac and caplen are filled in
+ * (and data): the walks that cut frames need no more. caplen is set on
+ * PCAPREC_BOGUS too, for the error message. */
 static inline int pcaprec_next_max(const unsigned char *buf, size_t size, size_t *pos,
                                    int swapped, uint32_t maxcap, pcaprec_t *rec)
 {
@@ -84,6 +65,17 @@ static inline int pcaprec_next_max(const unsigned char *buf, size_t size, size_t
     rec->data = h + PCAPREC_HEADER;
     *pos = at + PCAPREC_HEADER + rec->caplen;
     return PCAPREC_OK;
+}
+
+/* pcaprec_next_max with libpcap's limit (PCAPREC_MAX_CAPLEN), the wire
+ * length filled in too. */
+static inline int pcaprec_next(const unsigned char *buf, size_t size, size_t *pos,
+                               int swapped, pcaprec_t *rec)
+{
+    int r = pcaprec_next_max(buf, size, pos, swapped, PCAPREC_MAX_CAPLEN, rec);
+    if (r == PCAPREC_OK)
+        rec->len = pcaprec_u32(rec->data - 4, swapped);
+    return r;
 }
 
 /* Nanoseconds since the epoch of a record's timestamp. */
