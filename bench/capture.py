@@ -30,6 +30,7 @@ Needs root (namespaces), tcpreplay, tcpdump, netsniff-ng, capinfos, taskset.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -40,6 +41,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,9 +324,18 @@ def ladder(link: Link, tool: str, pcap: Path, rates: list[int], seconds: float) 
     return runs
 
 
-def _hog() -> subprocess.Popen[bytes]:
-    """A busy loop pinned to the capture's CPU."""
-    return subprocess.Popen(["taskset", "-c", CAPTURE_CPU, "sh", "-c", "while :; do :; done"])
+@contextlib.contextmanager
+def hogging(cond: str) -> Iterator[None]:
+    """For cond "hog": a busy loop pinned to the capture's CPU while the block runs."""
+    if cond != "hog":
+        yield
+        return
+    hog = subprocess.Popen(["taskset", "-c", CAPTURE_CPU, "sh", "-c", "while :; do :; done"])
+    try:
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
 
 
 def main() -> int:
@@ -376,25 +387,17 @@ def main() -> int:
         return interleaved(tools, args.inputs.split(","), conditions, args.interleave)
     with Link() as link:
         for cond in conditions:
-            hog = None
-            if cond == "hog":
-                hog = _hog()
-            try:
+            with hogging(cond):
                 for name in args.inputs.split(","):
                     print(f"{name} packets, capture CPU {cond}:", flush=True)
                     results = {t: ladder(link, t, inputs[name], rates, args.seconds) for t in tools}
                     summary += _summarise(name, cond, results, rates)
-            finally:
-                if hog is not None:
-                    hog.kill()
-                    hog.wait()
         for cond in args.long_conditions.split(",") if args.rss_packets else []:
             print(
                 f"long runs, top speed, mixed sizes, capture CPU {cond} (RSS against run length):",
                 flush=True,
             )
-            hog = _hog() if cond == "hog" else None
-            try:
+            with hogging(cond):
                 for tool in [t for t in tools if t.startswith("bulk") or t == "tcpdump"]:
                     for packets in (args.rss_packets // 10, args.rss_packets):
                         load = os.getloadavg()[0]
@@ -407,10 +410,6 @@ def main() -> int:
                         )
                         print(line, flush=True)
                         summary.append(line)
-            finally:
-                if hog is not None:
-                    hog.kill()
-                    hog.wait()
     print("\nsummary")
     for line in summary:
         print(line)
@@ -424,10 +423,7 @@ def interleaved(tools: list[str], names: list[str], conditions: list[str], round
     summary: list[str] = []
     with Link() as link:
         for cond in conditions:
-            hog = None
-            if cond == "hog":
-                hog = _hog()
-            try:
+            with hogging(cond):
                 runs: dict[tuple[str, str], list[Run]] = {}
                 for r in range(rounds):
                     for name in names:
@@ -443,10 +439,6 @@ def interleaved(tools: list[str], names: list[str], conditions: list[str], round
                                 f"load {os.getloadavg()[0]:.1f}",
                                 flush=True,
                             )
-            finally:
-                if hog is not None:
-                    hog.kill()
-                    hog.wait()
             for name in names:
                 ref = runs.get((name, "tcpdump"))
                 for tool in tools:
