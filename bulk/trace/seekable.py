@@ -187,7 +187,7 @@ def _ts_in(ts: int) -> int | None:
     return None if ts == NO_TS else ts
 
 
-def decompress_frame(compression: str, comp: bytes, size: int) -> bytes:
+def decompress_frame(compression: str, comp: bytes | bytearray, size: int) -> bytes:
     """One frame's ``size`` decompressed bytes; ValueError if the frame is corrupt or
     does not hold exactly ``size`` bytes (the decoder checks the frame's own checksum:
     zstd's XXH64, gzip's CRC-32).
@@ -221,6 +221,10 @@ def decompress_frame(compression: str, comp: bytes, size: int) -> bytes:
 def _gzip_member(level: int, data: bytes | bytearray) -> bytes:
     co = zlib.compressobj(level, zlib.DEFLATED, 31)
     return co.compress(data) + co.flush()
+
+
+_Buffer = bytes | bytearray
+_Pending = tuple[Future[_Buffer], _Buffer, FrameStats]  # compressed, original, stats
 
 
 class SeekableWriter:
@@ -260,7 +264,7 @@ class SeekableWriter:
                 self._unzstd = None  # python-zstandard's decompress_frame, and ==
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bulk-compress")
         self._depth = 4 * max(1, threads) + 2  # frames in flight: workers keep busy
-        self._pending: deque[tuple[Future[bytes], bytes | bytearray, FrameStats]] = deque()
+        self._pending: deque[_Pending] = deque()
         self._checks: deque[Future[None]] = deque()
         self._verify = verify
         self._fd = -1
@@ -322,9 +326,7 @@ class SeekableWriter:
         self._comp += len(comp)
         self._decomp += dsize
 
-    def _check(
-        self, k: int, offset: int, decomp_offset: int, comp: bytes, data: bytes | bytearray
-    ) -> None:
+    def _check(self, k: int, offset: int, decomp_offset: int, comp: _Buffer, data: _Buffer) -> None:
         """Frame ``k`` as written decompresses to exactly ``data`` (see the class text).
 
         Equal bytes are equal packets: the packet counts and times of the index
