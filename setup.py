@@ -21,7 +21,17 @@ class BuildExt(build_ext):
 
     Rewriting the loaded file's bytes (same inode) crashes the processes that
     have it mapped (a capture, a benchmark or tests running from the tree).
+
+    An accelerator whose source is gone is dropped from the build directory, or
+    a wheel built in a used tree would ship it.
     """
+
+    def run(self):  # type: ignore[no-untyped-def]
+        wanted = {self.get_ext_filename(ext.name) for ext in self.extensions}
+        for so in Path(self.build_lib, "bulk").glob("_*.so"):
+            if str(so.relative_to(self.build_lib)) not in wanted:
+                so.unlink()
+        super().run()
 
     def copy_file(self, infile, outfile, *args, **kwargs):  # type: ignore[no-untyped-def]
         if str(outfile).endswith(".so") and os.path.lexists(outfile):

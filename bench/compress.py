@@ -11,9 +11,11 @@ Each tool runs on the same page-cached file, in the same run, alternately,
 ``--runs`` times; the best wall time and the CPU seconds of that run are
 printed with the ratio bulk / reference (below 1.0: bulk is faster).
 
-`bulk compress` is timed as the operator runs it (a fresh archive directory
-holding a hard link to the input, so nothing is copied; its bytecode compiled
-beforehand, as installing it does): start-up, compression
+`bulk compress` is timed as the operator runs it: installed from a wheel of
+this tree into bench/out/venv, as the sensor role installs it (not the
+editable development install, whose import hook costs every start ~15 ms), on
+a fresh archive directory holding a hard link to the input, so nothing is
+copied: start-up, compression
 into seekable frames with a frame index, verification of every frame as it is
 written (read back, decompressed with its checksum, compared with the original
 bytes), fsync, index read back, rename, delete. The zstd
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import children_cpu, installed_bulk, installed_env  # noqa: E402
+
 from bulk import native  # noqa: E402
 from bulk.compress.codec import CompressSettings, check_index, compress_file  # noqa: E402
 from bulk.trace import zstdframe  # noqa: E402
@@ -46,20 +49,6 @@ from bulk.trace.framing import split_frames  # noqa: E402
 from tests.compress_data import make_pcap  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
-BULK = [sys.executable, "-m", "bulk"]
-
-
-def bulk_env(**extra: str) -> dict[str, str]:
-    """bulk as installed: its modules' bytecode compiled once (pip does it at install)
-    and cached, here under bench/out/pycache. Without it (PYTHONDONTWRITEBYTECODE in
-    a development shell) every run compiles some 50 modules first: 30-50 ms."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    return {**env, "PYTHONPYCACHEPREFIX": str(OUT / "pycache"), **extra}
-
-
-def children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def timed(
@@ -100,6 +89,7 @@ def main() -> int:
     for tool in ("zstd", "gzip", "sync"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed")
+    bulk = installed_bulk()
     OUT.mkdir(parents=True, exist_ok=True)
     src = OUT / f"compress-{args.size_mb}mb-{args.random_payload:g}.pcap"
     if not src.exists():
@@ -120,9 +110,9 @@ def main() -> int:
         shutil.rmtree(arch, ignore_errors=True)
         arch.mkdir()
         os.link(src, arch / "trace.pcap")
-        env = bulk_env(BULK_NO_NATIVE="1") if no_native else bulk_env()
+        env = dict(installed_env(), BULK_NO_NATIVE="1") if no_native else installed_env()
         wall, cpu = timed(
-            [*BULK, "compress", "--dir", str(arch), "--format", fmt, "--level", str(level)],
+            [*bulk, "compress", "--dir", str(arch), "--format", fmt, "--level", str(level)],
             env=env,
         )
         out = arch / ("trace.pcap" + (".zst" if fmt == "zstd" else ".gz"))
@@ -165,7 +155,7 @@ def main() -> int:
         for p in small:
             os.link(p, arch / p.name)
         wall, cpu = timed(
-            [*BULK, "compress", "--dir", str(arch), "--level", str(args.level)], env=bulk_env()
+            [*bulk, "compress", "--dir", str(arch), "--level", str(args.level)], env=installed_env()
         )
         note(
             f"bulk compress, {len(small)} files",
@@ -174,10 +164,6 @@ def main() -> int:
             sum(p.stat().st_size for p in arch.glob("*.zst")),
         )
 
-    # Compile bulk's bytecode once, as an install would (see bulk_env).
-    shutil.rmtree(arch, ignore_errors=True)
-    arch.mkdir()
-    timed([*BULK, "compress", "--dir", str(arch)], env=bulk_env())
     for run in range(args.runs):
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"run {run + 1}/{args.runs} (load average {load})", flush=True)
