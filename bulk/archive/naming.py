@@ -20,7 +20,6 @@ leaves both names on one inode; ``finalise`` and the startup repair recognise it
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import errno
 import os
@@ -77,6 +76,10 @@ def parse_name(name: str) -> TraceName | None:
     m = _NAME.match(name)
     if m is None:
         return None
+    # Here, where strptime loads it anyway: calendar (and the datetime it
+    # imports) is 1-3 ms of the start of commands that never parse a name.
+    import calendar  # noqa: PLC0415
+
     try:
         stamp = time.strptime(m.group("time"), _TIME_FORMAT)
     except ValueError:

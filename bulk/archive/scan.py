@@ -27,8 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pcapy
-
 from bulk.errors import TraceError
 from bulk.trace import open_trace
 from bulk.trace.reader import PCAP_MAGIC_US
@@ -179,6 +177,10 @@ def _identity(value: int) -> int:
 
 def _scan_libpcap(path: str, every: int, stop_at_zero: bool) -> TraceScan | None:
     """libpcap's reader in batches; None when libpcap cannot open the file at all."""
+    # Here, not at the top: the catalogue imports this module, and most of its
+    # users (bulk compress, say) never scan a trace (~2 ms of their start).
+    import pcapy  # noqa: PLC0415
+
     with open(path, "rb") as f:
         _magic, _vmaj, _vmin, _zone, _sig, snaplen, network = _FILE_HEADER.unpack(
             f.read(PCAP_HEADER)

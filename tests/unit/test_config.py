@@ -88,3 +88,10 @@ def test_bad_sizes_and_durations_name_the_value(text: str) -> None:
         parse_size(text)
     with pytest.raises(UsageError, match="bad duration"):
         parse_duration(text)
+
+
+def test_file_that_is_not_utf8_is_invalid_toml(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'dir = "/srv/caf\xe9"\n')
+    with pytest.raises(UsageError, match="invalid TOML"):
+        load_config(str(bad))

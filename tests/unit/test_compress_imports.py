@@ -1,0 +1,60 @@
+"""`bulk compress` loads only what its normal path needs.
+
+Start-up counts against bulk compress in its benchmark against zstd (bench/compress.py):
+modules that only other commands, a config file, ``--json`` or a catalogue
+scan need must not be imported by a run that compresses a trace. The modules a
+run leaves in ``sys.modules`` are the evidence; no timing here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bulk.config import DEFAULT_CONFIG
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+PROBE = """\
+import sys
+from bulk.cli import main
+status = main(sys.argv[1:])
+print(status, *sorted(sys.modules))
+"""
+
+# Loaded only with a config file, for --json, to scan a trace, or by other commands.
+UNNEEDED = (
+    "json",
+    "pcapy",  # the catalogue's trace scan (bulk index, bulk capture)
+    "calendar",  # archive names are parsed by retention only
+    "bulk.commands.slice",
+    "bulk.commands.extract",
+    "bulk.commands.info",
+)
+
+
+def _loaded(*argv: str) -> tuple[int, list[str]]:
+    env = {k: v for k, v in os.environ.items() if k != "BULK_CONFIG"}
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=False, env=env
+    )
+    assert proc.stderr == ""
+    status, *modules = proc.stdout.splitlines()[-1].split()
+    return int(status), modules
+
+
+@pytest.mark.parametrize("with_trace", [False, True])
+def test_compress_imports_nothing_it_does_not_use(tmp_path: Path, with_trace: bool) -> None:
+    if with_trace:
+        shutil.copy(DATA / "dns_udp.pcap", tmp_path / "dns_udp.pcap")
+    status, modules = _loaded("compress", "--dir", str(tmp_path))
+    assert status == 0
+    assert (tmp_path / "dns_udp.pcap.zst").exists() == with_trace
+    unneeded = (*UNNEEDED, *(() if os.path.exists(DEFAULT_CONFIG) else ("tomllib",)))
+    loaded = [m for m in modules if any(m == u or m.startswith(u + ".") for u in unneeded)]
+    assert loaded == []
