@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bulk.archive.listing import OPEN_SUFFIX, traces_in_dir
 from bulk.archive.naming import parse_name, state_dir
 from bulk.archive.scan import IndexEntry, TraceScan, scan_trace
 from bulk.errors import ArchiveError, TraceError
+
+if TYPE_CHECKING:
+    import sqlite3
 
 SCHEMA_VERSION = 1
 CATALOGUE_NAME = "catalogue.sqlite"
@@ -205,6 +207,10 @@ class Catalogue:
             raise ArchiveError(
                 f"{directory}: no catalogue (run 'bulk index --rebuild --dir {directory}')"
             )
+        # Here, not at the top: bulk compress imports this module for archives
+        # that may have no catalogue, and sqlite3 (with datetime) is ~3 ms.
+        import sqlite3  # noqa: PLC0415
+
         try:
             conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
         except sqlite3.Error as exc:
@@ -261,6 +267,8 @@ class Catalogue:
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
+        import sqlite3  # noqa: PLC0415 - loaded by open()
+
         try:
             yield
         except sqlite3.Error as exc:
@@ -287,6 +295,8 @@ class Catalogue:
         values = dataclasses.asdict(record)
         values["updated_ns"] = now_ns()
         values.pop("id")
+        import sqlite3  # noqa: PLC0415 - loaded by open()
+
         with self._write() as c:
             try:
                 cur = c.execute(_INSERT, values)
@@ -309,6 +319,8 @@ class Catalogue:
             raise ArchiveError(f"bad state {changes['state']!r}")
         changes["updated_ns"] = now_ns()
         sql = _update_sql(changes, "name")
+        import sqlite3  # noqa: PLC0415 - loaded by open()
+
         with self._write() as c:
             try:
                 cur = c.execute(sql, {**changes, "_key": name})
