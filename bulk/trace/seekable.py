@@ -263,7 +263,10 @@ class SeekableWriter:
             if not self._unzstd.available():
                 self._unzstd = None  # python-zstandard's decompress_frame, and ==
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bulk-compress")
-        self._depth = 4 * max(1, threads) + 2  # frames in flight: workers keep busy
+        # Frames in flight, compressing and then checking: enough to keep the workers
+        # busy, few enough that their buffers (reused through the heap, see
+        # codec.tune_malloc) stay few: each new one is some 1,000 page faults.
+        self._depth = 2 * max(1, threads) + 1
         self._pending: deque[_Pending] = deque()
         self._checks: deque[Future[None]] = deque()
         self._verify = verify
@@ -303,9 +306,12 @@ class SeekableWriter:
         if self._verify:
             if self._fd >= 0:
                 self._out.flush()
+            # Read back from the file, the check needs only the frame's length: the
+            # compressed bytes are let go now rather than after the check.
+            kept = comp if self._fd < 0 else None
             self._checks.append(
                 self._pool.submit(
-                    self._check, len(self._frames), self._comp, self._decomp, comp, data
+                    self._check, len(self._frames), self._comp, self._decomp, len(comp), kept, data
                 )
             )
         self._frames.append(
@@ -326,21 +332,31 @@ class SeekableWriter:
         self._comp += len(comp)
         self._decomp += dsize
 
-    def _check(self, k: int, offset: int, decomp_offset: int, comp: _Buffer, data: _Buffer) -> None:
-        """Frame ``k`` as written decompresses to exactly ``data`` (see the class text).
+    def _check(  # noqa: PLR0917 - one frame's coordinates
+        self,
+        k: int,
+        offset: int,
+        decomp_offset: int,
+        comp_size: int,
+        comp: _Buffer | None,
+        data: _Buffer,
+    ) -> None:
+        """Frame ``k`` as written decompresses to exactly ``data`` (see the class text):
+        its ``comp_size`` bytes at ``offset`` of the file, or ``comp`` when there is
+        no file to read back.
 
         Equal bytes are equal packets: the packet counts and times of the index
         were taken from these very bytes, so no separate packet walk is needed."""
         try:
             if self._fd >= 0 and self._unzstd is not None:
-                equal = self._equal_mapped(self._unzstd, k, self._base + offset, len(comp), data)
+                equal = self._equal_mapped(self._unzstd, k, self._base + offset, comp_size, data)
             else:
                 back = comp
-                if self._fd >= 0:
-                    back = os.pread(self._fd, len(comp), self._base + offset)
-                    if len(back) != len(comp):
+                if back is None:
+                    back = os.pread(self._fd, comp_size, self._base + offset)
+                    if len(back) != comp_size:
                         raise FrameMismatch(
-                            f"frame {k}: {len(back)} of {len(comp)} bytes read back"
+                            f"frame {k}: {len(back)} of {comp_size} bytes read back"
                         )
                 if self._unzstd is not None:
                     equal = self._unzstd.equal(back, data, native_same_bytes())
@@ -354,7 +370,7 @@ class SeekableWriter:
                 f"bytes {decomp_offset}..{decomp_offset + len(data)}"
             )
         if self._fd >= 0:
-            start_writeback(self._fd, self._base + offset, len(comp))
+            start_writeback(self._fd, self._base + offset, comp_size)
 
     def _equal_mapped(
         self, unzstd: FrameDecompressor, k: int, pos: int, n: int, data: bytes | bytearray
