@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from bulk.archive.listing import OPEN_SUFFIX, traces_in_dir
 from bulk.archive.naming import parse_name, state_dir
-from bulk.archive.scan import IndexEntry, TraceScan, scan_trace
 from bulk.errors import ArchiveError, TraceError
 
 if TYPE_CHECKING:
     import sqlite3
+
+    from bulk.archive.scan import IndexEntry, TraceScan
 
 SCHEMA_VERSION = 1
 CATALOGUE_NAME = "catalogue.sqlite"
@@ -392,6 +393,10 @@ class Catalogue:
                 "JOIN files f ON f.id = t.file_id WHERE f.name = ? ORDER BY t.packet",
                 (name,),
             ).fetchall()
+        # The scanner is loaded by the methods that index, not with the module:
+        # bulk compress never indexes (~2 ms of its start).
+        from bulk.archive.scan import IndexEntry  # noqa: PLC0415
+
         return [IndexEntry(*r) for r in rows]
 
     def start_offset(self, name: str, start_ns: int) -> tuple[int, int]:
@@ -534,6 +539,8 @@ class Catalogue:
         name = os.path.relpath(path, self.directory)
         if name.startswith(".." + os.sep):
             raise ArchiveError(f"{path}: not inside the archive {self.directory}")
+        from bulk.archive.scan import scan_trace  # noqa: PLC0415 - see time_index
+
         scan = scan_trace(path)
         changes.setdefault("state", _state_from_name(name))
         compression = scan.compression or _compression_from_name(name)
@@ -549,6 +556,8 @@ class Catalogue:
         compressed file are kept when the file's size has not changed. Open
         files (``.open``) are recorded as open without being scanned.
         """
+        from bulk.archive.scan import scan_trace  # noqa: PLC0415 - see time_index
+
         report = RebuildReport()
         on_disk = traces_in_dir(self.directory, include_open=True, with_empty_open=True)
         names = {os.path.relpath(p, self.directory) for p in on_disk}

@@ -31,7 +31,8 @@ print(status, *sorted(sys.modules))
 # Loaded only with a config file, for --json, to scan a trace, or by other commands.
 UNNEEDED = (
     "json",
-    "pcapy",  # the catalogue's trace scan (bulk index, bulk capture)
+    "bulk.archive.scan",  # the catalogue's trace scan (bulk index, bulk capture)
+    "pcapy",
     "calendar",  # archive names are parsed by retention only
     "sqlite3",  # only to open a catalogue, and these archives have none
     "datetime",  # imported by sqlite3 and calendar
