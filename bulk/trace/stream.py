@@ -6,7 +6,6 @@ fly: nothing is written to a temporary file.
 
 from __future__ import annotations
 
-import gzip
 import io
 import sys
 import zlib
@@ -104,6 +103,8 @@ class TraceStream:
         self.compression = compression_of(buffered.peek(HEAD_LEN)[:HEAD_LEN])
         self.file: BinaryIO
         if self.compression == "gzip":
+            import gzip  # noqa: PLC0415 - ~1 ms, and most traces are not gzip
+
             inner: BinaryIO = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
             self.file = _Decoded(inner, path, "gzip")  # type: ignore[assignment]
         elif self.compression == "zstd":

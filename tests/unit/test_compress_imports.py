@@ -33,6 +33,7 @@ UNNEEDED = (
     "json",
     "bulk.archive.scan",  # the catalogue's trace scan (bulk index, bulk capture)
     "pcapy",
+    "gzip",  # reading gzip traces; --format gzip writes with zlib
     "calendar",  # archive names are parsed by retention only
     "sqlite3",  # only to open a catalogue, and these archives have none
     "datetime",  # imported by sqlite3 and calendar
