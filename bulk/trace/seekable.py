@@ -46,8 +46,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, BinaryIO, NamedTuple, cast
 
-import zstandard
-
 from bulk import native
 from bulk.errors import TraceError
 from bulk.trace.framing import FrameStats, Layout
@@ -194,6 +192,10 @@ def decompress_frame(compression: str, comp: bytes | bytearray, size: int) -> by
 
     Never more output than ``size``: a corrupt (or hostile) frame header declaring
     gigabytes must not make us allocate them."""
+    # Not at the top: bulk compress decompresses with the system libzstd
+    # (zstdframe) and needs python-zstandard (~3 ms to import) only without it.
+    import zstandard  # noqa: PLC0415
+
     try:
         if compression == "zstd":
             declared = zstandard.frame_content_size(comp)

@@ -11,8 +11,6 @@ import sys
 import zlib
 from typing import Any, BinaryIO
 
-import zstandard
-
 from bulk.errors import TraceError, TruncatedTrace
 from bulk.trace.magic import HEAD_LEN, compression_of, sniff_compression
 
@@ -41,10 +39,13 @@ class _Decoded:
     call, so readers deliver every whole packet before reporting.
     """
 
-    def __init__(self, inner: Any, path: str, kind: str) -> None:
+    def __init__(
+        self, inner: Any, path: str, kind: str, errors: tuple[type[Exception], ...]
+    ) -> None:
         self._inner = inner
         self._path = path
         self._kind = kind
+        self._errors = errors  # what the decoder raises for corrupt data
         self._pos = 0
         self._error: TraceError | None = None
 
@@ -63,7 +64,7 @@ class _Decoded:
                     f"{self._kind} stream ends early after {self._pos + got} decompressed bytes",
                 )
                 break
-            except (OSError, zlib.error, zstandard.ZstdError) as exc:
+            except self._errors as exc:
                 self._error = TraceError(
                     self._path,
                     None,
@@ -106,11 +107,14 @@ class TraceStream:
             import gzip  # noqa: PLC0415 - ~1 ms, and most traces are not gzip
 
             inner: BinaryIO = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
-            self.file = _Decoded(inner, path, "gzip")  # type: ignore[assignment]
+            self.file = _Decoded(inner, path, "gzip", (OSError, zlib.error))  # type: ignore[assignment]
         elif self.compression == "zstd":
+            import zstandard  # noqa: PLC0415 - ~3 ms, and most traces are not zstd
+
             dctx = zstandard.ZstdDecompressor()
             reader = dctx.stream_reader(buffered, read_size=READ_SIZE, read_across_frames=True)
-            self.file = _Decoded(reader, path, "zstd")  # type: ignore[assignment]
+            errors = (OSError, zstandard.ZstdError)
+            self.file = _Decoded(reader, path, "zstd", errors)  # type: ignore[assignment]
         else:
             self.file = buffered
         self._buffered = buffered

@@ -20,8 +20,6 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, cast
 
-import zstandard
-
 from bulk import native
 
 ENV = "BULK_ZSTD"
@@ -97,6 +95,8 @@ def engine() -> str:
     """Which library compresses: ``system libzstd X.Y.Z`` or ``python-zstandard ...``."""
     lib = _system_lib()
     if lib is None:
+        import zstandard  # noqa: PLC0415 - see _BundledContext
+
         return "python-zstandard (libzstd {})".format(".".join(map(str, zstandard.ZSTD_VERSION)))
     v = lib.ZSTD_versionNumber()
     return f"system libzstd {v // 10000}.{v // 100 % 100}.{v % 100}"
@@ -117,6 +117,8 @@ class _SystemContext:
 
     def _check(self, code: int) -> int:
         if self._lib.ZSTD_isError(code):
+            import zstandard  # noqa: PLC0415 - see _BundledContext
+
             raise zstandard.ZstdError(self._lib.ZSTD_getErrorName(code).decode())
         return code
 
@@ -155,6 +157,10 @@ def _src(data: bytes | bytearray) -> Any:
 
 class _BundledContext:
     def __init__(self, level: int) -> None:
+        # python-zstandard is imported where it is used (~3 ms): with the system
+        # libzstd, it only names the errors.
+        import zstandard  # noqa: PLC0415
+
         self._c = zstandard.ZstdCompressor(
             level=level, write_checksum=True, write_content_size=True
         )
