@@ -33,7 +33,6 @@ table), every gzip member its CRC-32, and decoding checks them.
 
 from __future__ import annotations
 
-import base64
 import ctypes
 import mmap
 import os
@@ -488,6 +487,8 @@ def _zstd_trailer(payload: bytes, seek: list[tuple[int, int, int]]) -> bytes:
 
 
 def _gzip_index_member(payload: bytes) -> bytes:
+    import base64  # noqa: PLC0415 - gzip traces only (zstd is the default)
+
     text = GZIP_INDEX_PREFIX + base64.b64encode(payload)
     # header(10) + comment + " NNNNNNNNNN BULKGZI1" + NUL + empty tail
     length = 10 + len(text) + 1 + 10 + len(GZIP_INDEX_TAG) + 1 + len(_GZIP_EMPTY_TAIL)
@@ -705,6 +706,8 @@ def _read_gzip_index(f: BinaryIO, path: str) -> FrameIndex:
     text = member[10 : length - tail_len]
     if member[:4] != b"\x1f\x8b\x08\x10" or not text.startswith(GZIP_INDEX_PREFIX):
         raise TraceError(path, None, "gzip frame index member is malformed")
+    import base64  # noqa: PLC0415 - gzip traces only (zstd is the default)
+
     try:
         payload = base64.b64decode(text[len(GZIP_INDEX_PREFIX) :], validate=True)
     except ValueError:

@@ -35,6 +35,7 @@ UNNEEDED = (
     "bulk.archive.scan",  # the catalogue's trace scan (bulk index, bulk capture)
     "pcapy",
     "gzip",  # reading gzip traces; --format gzip writes with zlib
+    "base64",  # the frame index of gzip traces
     "calendar",  # archive names are parsed by retention only
     "sqlite3",  # only to open a catalogue, and these archives have none
     "datetime",  # imported by sqlite3 and calendar
