@@ -235,8 +235,8 @@ class SeekableWriter:
     ``finish(layout, damaged)`` writes the index and returns it. The
     caller owns ``out`` (flush, fsync, close).
 
-    With ``verify``, every frame is checked as soon as it is written, by the same
-    workers while the next frames compress: its compressed bytes are read back
+    With ``verify``, every frame is checked as soon as it is written, by a thread
+    of its own while the next frames compress: its compressed bytes are read back
     from ``out`` (a mapping of its file's pages for the system libzstd, ``pread``
     otherwise; from memory if it has no file descriptor),
     decompressed (the decoder checks the frame's own checksum) and compared byte
@@ -264,13 +264,21 @@ class SeekableWriter:
             if not self._unzstd.available():
                 self._unzstd = None  # python-zstandard's decompress_frame, and ==
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bulk-compress")
+        # The checks have a thread of their own rather than a place in the workers'
+        # queue behind the next frames' compression: each frame is checked right
+        # after it is written, while its bytes are still in the CPU's caches, and
+        # its buffers are let go sooner. Measured on 500 MB (alternating runs):
+        # 0.2-0.25 CPU s less, 28k instead of 32k page faults. One thread keeps up:
+        # a check costs a fifth of a frame's compression.
+        self._check_pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="bulk-check") if verify else None
+        )
         # Frames in flight, compressing and then checking: enough to keep the workers
         # busy, few enough that their buffers (reused through the heap, see
         # codec.tune_malloc) stay few: each new one is some 1,000 page faults.
         self._depth = 2 * max(1, threads) + 1
         self._pending: deque[_Pending] = deque()
         self._checks: deque[Future[None]] = deque()
-        self._verify = verify
         self._fd = -1
         self._base = 0
         if verify:
@@ -304,14 +312,14 @@ class SeekableWriter:
         comp = fut.result()
         dsize = len(data)
         self._out.write(comp)
-        if self._verify:
+        if self._check_pool is not None:
             if self._fd >= 0:
                 self._out.flush()
             # Read back from the file, the check needs only the frame's length: the
             # compressed bytes are let go now rather than after the check.
             kept = comp if self._fd < 0 else None
             self._checks.append(
-                self._pool.submit(
+                self._check_pool.submit(
                     self._check, len(self._frames), self._comp, self._decomp, len(comp), kept, data
                 )
             )
@@ -429,6 +437,8 @@ class SeekableWriter:
 
     def _shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._check_pool is not None:
+            self._check_pool.shutdown(wait=True, cancel_futures=True)
         if self._zstd is not None:
             self._zstd.close()
         if self._unzstd is not None:
