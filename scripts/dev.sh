@@ -63,6 +63,7 @@ run_tests() {
     local py=.venv/bin
     log "ruff"
     "$py/ruff" check bulk tests bench
+    "$py/ruff" format --check bulk tests bench
     log "mypy"
     "$py/mypy"
     log "pytest"

@@ -80,8 +80,7 @@ def analyze(path: Path, fast: bool) -> tuple[list[dict[str, Any]], str | None]:
     found: list[Finding] = []
     error = None
     try:
-        backdoor_run.run([str(path)], BackdoorConfig(report_standard=True), found.append,
-                         fast=fast)
+        backdoor_run.run([str(path)], BackdoorConfig(report_standard=True), found.append, fast=fast)
     except TraceError as exc:
         error = type(exc).__name__
     rows = sorted((finding_row(f) for f in found), key=lambda r: json.dumps(r, sort_keys=True))

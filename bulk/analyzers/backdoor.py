@@ -319,12 +319,18 @@ class BackdoorFlow:
             ssh = ssh_lengths(o.stats, r.stats)
             if ssh.interactive:
                 server_is_resp = self._guess_server_is_resp("ssh")
-                return _Decision("ssh", server_is_resp, f"ssh-len: {ssh.evidence}",
-                                 ssh.confidence, "guess")
+                return _Decision(
+                    "ssh", server_is_resp, f"ssh-len: {ssh.evidence}", ssh.confidence, "guess"
+                )
         verdict = interactive_verdict(o.stats, r.stats, duration)
         if verdict.interactive:
-            return _Decision("interactive", True, f"interactive: {verdict.evidence}",
-                             verdict.confidence, "handshake" if self.handshake else "guess")
+            return _Decision(
+                "interactive",
+                True,
+                f"interactive: {verdict.evidence}",
+                verdict.confidence,
+                "handshake" if self.handshake else "guess",
+            )
         return None
 
     def _guess_server_is_resp(self, service: str) -> bool:
@@ -344,8 +350,10 @@ def _telnet_lines(dec: _Decision, o: _Direction, r: _Direction) -> _Decision:
     if not stats.texty():
         return dec
     conf = min(0.95, dec.confidence + 0.1)
-    ev = f"{dec.evidence}; lines {stats.num_normal_lines}/{stats.num_lines} normal, " \
-         f"{stats.num_7bit_ascii}/{stats.num_bytes} ASCII"
+    ev = (
+        f"{dec.evidence}; lines {stats.num_normal_lines}/{stats.num_lines} normal, "
+        f"{stats.num_7bit_ascii}/{stats.num_bytes} ASCII"
+    )
     return _Decision(dec.service, dec.server_is_resp, ev, conf, dec.roles)
 
 
@@ -411,12 +419,9 @@ class _Pick:
         else:
             for m, f in self.by_client:
                 if m.service != service:
-                    evidence.append(
-                        f"client spoke {m.service}: {_describe(m, f, server_is_resp)}"
-                    )
+                    evidence.append(f"client spoke {m.service}: {_describe(m, f, server_is_resp)}")
                     break
-        return _Decision(service, server_is_resp, "; ".join(evidence), round(conf, 2),
-                         self.roles)
+        return _Decision(service, server_is_resp, "; ".join(evidence), round(conf, 2), self.roles)
 
 
 def pick_service(

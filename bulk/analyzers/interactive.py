@@ -159,8 +159,7 @@ def interactive_verdict(orig: EndpointStats, resp: EndpointStats, duration_ns: i
     normal = orig.num_normal_lines + resp.num_normal_lines
     side = orig if orig.is_interactive() else resp
     detail = (
-        f"keystrokes gamma={side.gamma():.2f} alpha={side.alpha():.2f} "
-        f"over {side.num_pkts} packets"
+        f"keystrokes gamma={side.gamma():.2f} alpha={side.alpha():.2f} over {side.num_pkts} packets"
     )
     if (
         num_bytes >= MIN_BYTES

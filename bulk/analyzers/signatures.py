@@ -519,6 +519,7 @@ def shell_warning(data: bytes) -> Match | None:
 
 # ---------------------------------------------------------------- tls
 
+
 def _tls_hello(data: bytes, hs_type: int) -> bool:
     if len(data) < 11 or data[0] != 0x16 or data[1] != 3 or data[2] > 4:
         return False
@@ -582,12 +583,17 @@ def tls_records(data: bytes) -> Match | None:
     if pos < n:  # bytes left that cannot hold a record header
         return None
     conf = 0.6 if count >= 2 else 0.45
-    return Match("tls", "tls-records", Role.EITHER, conf,
-                 f"{count} TLS 3.{data[2]} record{'s' if count > 1 else ''}: "
-                 f"{', '.join(kinds)}")
+    return Match(
+        "tls",
+        "tls-records",
+        Role.EITHER,
+        conf,
+        f"{count} TLS 3.{data[2]} record{'s' if count > 1 else ''}: {', '.join(kinds)}",
+    )
 
 
 # ---------------------------------------------------------------- peer-to-peer
+
 
 def bittorrent(data: bytes) -> Match | None:
     """The BitTorrent peer handshake ``\\x13BitTorrent protocol`` (BEP 3), both sides."""
@@ -631,82 +637,208 @@ _TLS_CLIENT_FIRST = b"\x16" + bytes(range(0x80, 0x100))  # record, or SSLv2 leng
 _PRINTABLE_FIRST = bytes(range(0x20, 0x7F))  # text that starts printable (prompts, warnings)
 
 SIGNATURES: tuple[Signature, ...] = (
-    Signature("ssh-banner", "ssh", Role.EITHER,
-              "the stream opens with 'SSH-1.x-' or 'SSH-2.0-' and a software version", ssh_banner,
-              first_bytes=b"S"),
-    Signature("http-request", "http", Role.CLIENT,
-              "the first line is 'METHOD SP target SP HTTP/x.y' (case-sensitive method), "
-              "or HTTP/0.9 'GET /path'; an absolute-URI target or CONNECT host:port "
-              "gives http-proxy", http_request, first_bytes=b"GHPDOTCMLURS"),
-    Signature("http-response", "http", Role.SERVER,
-              "the first line is 'HTTP/x.y NNN reason', HTTP in any letter case", http_response,
-              first_bytes=b"Hh"),
-    Signature("http2-preface", "http", Role.CLIENT,
-              "the HTTP/2 clear-text connection preface 'PRI * HTTP/2.0'", http2_preface,
-              first_bytes=b"P"),
-    Signature("ftp-smtp-banner", "ftp", Role.SERVER,
-              "the server's first line is '220 ' or '220-' (or '421'); SMTP words make it "
-              "smtp, FTP words ftp, otherwise ftp with low confidence", ftp_smtp_banner,
-              first_bytes=b"24"),
-    Signature("ftp-command", "ftp", Role.CLIENT,
-              "the client's first line is an FTP command (USER, AUTH TLS, FEAT, SYST, "
-              "PASV, EPSV, ...)", ftp_command, first_bytes=b"UAFSOPECT"),
-    Signature("smtp-helo", "smtp", Role.CLIENT,
-              "the client's first line is 'EHLO host' or 'HELO host'", smtp_command,
-              first_bytes=b"EHeh"),
-    Signature("pop3-greeting", "pop3", Role.SERVER,
-              "the server's first line is '+OK ...'", pop3_greeting, first_bytes=b"+"),
-    Signature("pop3-command", "pop3", Role.CLIENT,
-              "the client's first line is CAPA, STLS, APOP or AUTH", pop3_command,
-              first_bytes=b"CSA"),
-    Signature("imap-greeting", "imap", Role.SERVER,
-              "the server's first line is '* OK', '* PREAUTH' or '* BYE'", imap_greeting,
-              first_bytes=b"*"),
-    Signature("imap-command", "imap", Role.CLIENT,
-              "the client's first line is a tagged CAPABILITY, LOGIN, STARTTLS, "
-              "AUTHENTICATE, ID or NOOP", imap_command, first_bytes=_ALNUM),
-    Signature("irc-client", "irc", Role.CLIENT,
-              "the client's first line is NICK, USER (4 parameters) or CAP LS/REQ; "
-              "weaker: one of JOIN, PRIVMSG, PING, ... (Bro's irc-sig list)", irc_client,
-              first_bytes=b"NUCPEIJKOSW"),
-    Signature("irc-server", "irc", Role.SERVER,
-              "the server's first line is ':name NOTICE|PING|NNN ...' or 'NOTICE AUTH :'",
-              irc_server, first_bytes=b":NP"),
-    Signature("telnet-iac", "telnet", Role.EITHER,
-              "the stream opens with telnet option negotiation IAC WILL/WONT/DO/DONT; "
-              "asking for terminal options marks the server; line statistics "
-              "(7-bit ASCII, short lines) raise the confidence", telnet_negotiation,
-              first_bytes=b"\xff"),
-    Signature("rlogin-handshake", "rlogin", Role.CLIENT,
-              "the client opens with '\\0user\\0user\\0terminal/speed\\0'", rlogin_client,
-              first_bytes=b"\x00"),
-    Signature("rsh-handshake", "rsh", Role.CLIENT,
-              "the client opens with '[port]\\0user\\0user\\0command\\0' (rsh, rexec)", rsh_client,
-              first_bytes=b"\x000123456789"),
-    Signature("root-prompt", "root-shell", Role.SERVER,
-              "the responder's first data packet is exactly '# ' (or a short root prompt "
-              "ending in '# ') before the client sent anything", root_shell, first_segment=True,
-              first_bytes=_PRINTABLE_FIRST),
-    Signature("shell-no-tty", "shell", Role.SERVER,
-              "the responder opens with a shell's no-terminal warning (\"can't access "
-              "tty\", \"no job control in this shell\"): a bind shell", shell_warning,
-              first_bytes=_PRINTABLE_FIRST),
-    Signature("tls-client-hello", "tls", Role.CLIENT,
-              "a TLS handshake record (22, version 3.x) holding a ClientHello, or an "
-              "SSLv2 ClientHello", tls_client_hello, first_bytes=_TLS_CLIENT_FIRST),
-    Signature("tls-server-hello", "tls", Role.SERVER,
-              "a TLS handshake record holding a ServerHello", tls_server_hello,
-              first_bytes=b"\x16"),
-    Signature("bittorrent-handshake", "bittorrent", Role.EITHER,
-              "the stream opens with '\\x13BitTorrent protocol'", bittorrent, first_bytes=b"\x13"),
-    Signature("gnutella", "gnutella", Role.EITHER,
-              "'GNUTELLA CONNECT/' from the client, 'GNUTELLA/0.6 200' or 'GNUTELLA OK' "
-              "from the server", gnutella, first_bytes=b"G"),
-    Signature("kazaa-give", "kazaa", Role.CLIENT,
-              "the client opens with 'GIVE ' (some FastTrack transfers)", kazaa, first_bytes=b"G"),
-    Signature("edonkey-hello", "edonkey", Role.EITHER,
-              "the first packet is an eDonkey Hello: 0xe3/0xc5, length, opcode 0x01",
-              edonkey, first_segment=True, first_bytes=b"\xe3\xc5"),
+    Signature(
+        "ssh-banner",
+        "ssh",
+        Role.EITHER,
+        "the stream opens with 'SSH-1.x-' or 'SSH-2.0-' and a software version",
+        ssh_banner,
+        first_bytes=b"S",
+    ),
+    Signature(
+        "http-request",
+        "http",
+        Role.CLIENT,
+        "the first line is 'METHOD SP target SP HTTP/x.y' (case-sensitive method), "
+        "or HTTP/0.9 'GET /path'; an absolute-URI target or CONNECT host:port "
+        "gives http-proxy",
+        http_request,
+        first_bytes=b"GHPDOTCMLURS",
+    ),
+    Signature(
+        "http-response",
+        "http",
+        Role.SERVER,
+        "the first line is 'HTTP/x.y NNN reason', HTTP in any letter case",
+        http_response,
+        first_bytes=b"Hh",
+    ),
+    Signature(
+        "http2-preface",
+        "http",
+        Role.CLIENT,
+        "the HTTP/2 clear-text connection preface 'PRI * HTTP/2.0'",
+        http2_preface,
+        first_bytes=b"P",
+    ),
+    Signature(
+        "ftp-smtp-banner",
+        "ftp",
+        Role.SERVER,
+        "the server's first line is '220 ' or '220-' (or '421'); SMTP words make it "
+        "smtp, FTP words ftp, otherwise ftp with low confidence",
+        ftp_smtp_banner,
+        first_bytes=b"24",
+    ),
+    Signature(
+        "ftp-command",
+        "ftp",
+        Role.CLIENT,
+        "the client's first line is an FTP command (USER, AUTH TLS, FEAT, SYST, PASV, EPSV, ...)",
+        ftp_command,
+        first_bytes=b"UAFSOPECT",
+    ),
+    Signature(
+        "smtp-helo",
+        "smtp",
+        Role.CLIENT,
+        "the client's first line is 'EHLO host' or 'HELO host'",
+        smtp_command,
+        first_bytes=b"EHeh",
+    ),
+    Signature(
+        "pop3-greeting",
+        "pop3",
+        Role.SERVER,
+        "the server's first line is '+OK ...'",
+        pop3_greeting,
+        first_bytes=b"+",
+    ),
+    Signature(
+        "pop3-command",
+        "pop3",
+        Role.CLIENT,
+        "the client's first line is CAPA, STLS, APOP or AUTH",
+        pop3_command,
+        first_bytes=b"CSA",
+    ),
+    Signature(
+        "imap-greeting",
+        "imap",
+        Role.SERVER,
+        "the server's first line is '* OK', '* PREAUTH' or '* BYE'",
+        imap_greeting,
+        first_bytes=b"*",
+    ),
+    Signature(
+        "imap-command",
+        "imap",
+        Role.CLIENT,
+        "the client's first line is a tagged CAPABILITY, LOGIN, STARTTLS, AUTHENTICATE, ID or NOOP",
+        imap_command,
+        first_bytes=_ALNUM,
+    ),
+    Signature(
+        "irc-client",
+        "irc",
+        Role.CLIENT,
+        "the client's first line is NICK, USER (4 parameters) or CAP LS/REQ; "
+        "weaker: one of JOIN, PRIVMSG, PING, ... (Bro's irc-sig list)",
+        irc_client,
+        first_bytes=b"NUCPEIJKOSW",
+    ),
+    Signature(
+        "irc-server",
+        "irc",
+        Role.SERVER,
+        "the server's first line is ':name NOTICE|PING|NNN ...' or 'NOTICE AUTH :'",
+        irc_server,
+        first_bytes=b":NP",
+    ),
+    Signature(
+        "telnet-iac",
+        "telnet",
+        Role.EITHER,
+        "the stream opens with telnet option negotiation IAC WILL/WONT/DO/DONT; "
+        "asking for terminal options marks the server; line statistics "
+        "(7-bit ASCII, short lines) raise the confidence",
+        telnet_negotiation,
+        first_bytes=b"\xff",
+    ),
+    Signature(
+        "rlogin-handshake",
+        "rlogin",
+        Role.CLIENT,
+        "the client opens with '\\0user\\0user\\0terminal/speed\\0'",
+        rlogin_client,
+        first_bytes=b"\x00",
+    ),
+    Signature(
+        "rsh-handshake",
+        "rsh",
+        Role.CLIENT,
+        "the client opens with '[port]\\0user\\0user\\0command\\0' (rsh, rexec)",
+        rsh_client,
+        first_bytes=b"\x000123456789",
+    ),
+    Signature(
+        "root-prompt",
+        "root-shell",
+        Role.SERVER,
+        "the responder's first data packet is exactly '# ' (or a short root prompt "
+        "ending in '# ') before the client sent anything",
+        root_shell,
+        first_segment=True,
+        first_bytes=_PRINTABLE_FIRST,
+    ),
+    Signature(
+        "shell-no-tty",
+        "shell",
+        Role.SERVER,
+        "the responder opens with a shell's no-terminal warning (\"can't access "
+        'tty", "no job control in this shell"): a bind shell',
+        shell_warning,
+        first_bytes=_PRINTABLE_FIRST,
+    ),
+    Signature(
+        "tls-client-hello",
+        "tls",
+        Role.CLIENT,
+        "a TLS handshake record (22, version 3.x) holding a ClientHello, or an SSLv2 ClientHello",
+        tls_client_hello,
+        first_bytes=_TLS_CLIENT_FIRST,
+    ),
+    Signature(
+        "tls-server-hello",
+        "tls",
+        Role.SERVER,
+        "a TLS handshake record holding a ServerHello",
+        tls_server_hello,
+        first_bytes=b"\x16",
+    ),
+    Signature(
+        "bittorrent-handshake",
+        "bittorrent",
+        Role.EITHER,
+        "the stream opens with '\\x13BitTorrent protocol'",
+        bittorrent,
+        first_bytes=b"\x13",
+    ),
+    Signature(
+        "gnutella",
+        "gnutella",
+        Role.EITHER,
+        "'GNUTELLA CONNECT/' from the client, 'GNUTELLA/0.6 200' or 'GNUTELLA OK' from the server",
+        gnutella,
+        first_bytes=b"G",
+    ),
+    Signature(
+        "kazaa-give",
+        "kazaa",
+        Role.CLIENT,
+        "the client opens with 'GIVE ' (some FastTrack transfers)",
+        kazaa,
+        first_bytes=b"G",
+    ),
+    Signature(
+        "edonkey-hello",
+        "edonkey",
+        Role.EITHER,
+        "the first packet is an eDonkey Hello: 0xe3/0xc5, length, opcode 0x01",
+        edonkey,
+        first_segment=True,
+        first_bytes=b"\xe3\xc5",
+    ),
 )
 
 # Signatures that describe text lines, tried at every line start of a stream
@@ -726,11 +858,16 @@ LINE_SIGNATURES: tuple[Callable[[bytes], Match | None], ...] = (
 # Signatures for streams whose beginning was not seen (midstream), tried on
 # the first bytes kept when no signature above matched them.
 MIDSTREAM_SIGNATURES: tuple[Signature, ...] = (
-    Signature("tls-records", "tls", Role.EITHER,
-              "(midstream only) the bytes are TLS records back to back: type 20-23, "
-              "version 3.1-3.4, plausible lengths, at least two record headers (or one "
-              "record longer than the bytes kept); client and server are guessed",
-              tls_records, first_bytes=b"\x14\x15\x16\x17"),
+    Signature(
+        "tls-records",
+        "tls",
+        Role.EITHER,
+        "(midstream only) the bytes are TLS records back to back: type 20-23, "
+        "version 3.1-3.4, plausible lengths, at least two record headers (or one "
+        "record longer than the bytes kept); client and server are guessed",
+        tls_records,
+        first_bytes=b"\x14\x15\x16\x17",
+    ),
 )
 
 

@@ -95,8 +95,7 @@ def run_capture(opts: CaptureOptions) -> int:
 
 def _log_start(opts: CaptureOptions) -> None:
     log.info(
-        "capturing on %s into %s (%s engine, workers %d, snaplen %d, buffer %d bytes, "
-        "rotation %s)",
+        "capturing on %s into %s (%s engine, workers %d, snaplen %d, buffer %d bytes, rotation %s)",
         opts.interface,
         opts.directory,
         engine(opts),

@@ -256,9 +256,7 @@ def _write_matches(
     """One trace's matching packets in the window, written by Python (microsecond output)."""
     w = out.write
     pack = _RECORD.pack
-    for _ts, sec, frac, wirelen, data in _guarded(
-        matches(inp, expression, window), report.errors
-    ):
+    for _ts, sec, frac, wirelen, data in _guarded(matches(inp, expression, window), report.errors):
         w(pack(sec, frac, len(data), wirelen))
         w(data)
 

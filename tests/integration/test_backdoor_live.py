@@ -34,8 +34,17 @@ from tests.integration.vethnet import LiveCapture, VethPair
 
 pytestmark = pytest.mark.integration
 
-NEEDED = ["ip", "tcpdump", "/usr/sbin/sshd", "ssh", "ssh-keygen", "busybox", "curl",
-          "/usr/sbin/vsftpd", "openssl"]
+NEEDED = [
+    "ip",
+    "tcpdump",
+    "/usr/sbin/sshd",
+    "ssh",
+    "ssh-keygen",
+    "busybox",
+    "curl",
+    "/usr/sbin/vsftpd",
+    "openssl",
+]
 
 
 def _missing() -> list[str]:
@@ -74,14 +83,19 @@ def net() -> Iterator[Net]:
         sh("ip", "link", "add", n.dev + "s", "type", "veth", "peer", "name", n.dev + "c")
         sh("ip", "link", "set", n.dev + "s", "netns", n.server_ns)
         sh("ip", "link", "set", n.dev + "c", "netns", n.client_ns)
-        for ns, dev, ip in ((n.server_ns, n.dev + "s", n.server_ip),
-                            (n.client_ns, n.dev + "c", n.client_ip)):
+        for ns, dev, ip in (
+            (n.server_ns, n.dev + "s", n.server_ip),
+            (n.client_ns, n.dev + "c", n.client_ip),
+        ):
             sh(*in_ns(ns, "ip", "addr", "add", f"{ip}/30", "dev", dev))
             sh(*in_ns(ns, "ip", "link", "set", dev, "up"))
             sh(*in_ns(ns, "ip", "link", "set", "lo", "up"))
             # No offloads: the capture sees wire-sized segments.
-            subprocess.run(in_ns(ns, "ethtool", "-K", dev, "tso", "off", "gso", "off",
-                                 "gro", "off"), capture_output=True, check=False)
+            subprocess.run(
+                in_ns(ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"),
+                capture_output=True,
+                check=False,
+            )
         yield n
     finally:
         for ns in (n.server_ns, n.client_ns):
@@ -100,8 +114,7 @@ def _wait_port(ns: str, ip: str, port: int, deadline_s: float = 10.0) -> None:
 
 
 def _start(procs: list[subprocess.Popen[bytes]], cmd: list[str], **kw: object) -> None:
-    procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  **kw))  # type: ignore[call-overload]
+    procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw))  # type: ignore[call-overload]
 
 
 def _servers(n: Net, tmp: Path, procs: list[subprocess.Popen[bytes]]) -> dict[str, int]:
@@ -121,8 +134,10 @@ def _servers(n: Net, tmp: Path, procs: list[subprocess.Popen[bytes]]) -> dict[st
     www = tmp / "www"
     www.mkdir()
     (www / "index.html").write_text("<html><body>hello</body></html>\n" * 20)
-    _start(procs, in_ns(n.server_ns, "busybox", "httpd", "-f", "-p", f"{n.server_ip}:8081",
-                        "-h", str(www)))
+    _start(
+        procs,
+        in_ns(n.server_ns, "busybox", "httpd", "-f", "-p", f"{n.server_ip}:8081", "-h", str(www)),
+    )
     # vsftpd on 2121, anonymous, passive mode.
     ftp = tmp / "ftp"
     ftp.mkdir(mode=0o755)
@@ -149,14 +164,49 @@ def _servers(n: Net, tmp: Path, procs: list[subprocess.Popen[bytes]]) -> dict[st
     noisy.chmod(0o755)
     _start(procs, in_ns(n.server_ns, "busybox", "nc", "-l", "-p", "4446", "-e", str(noisy)))
     # OpenSSL's TLS server on 9443 with a throw-away self-signed certificate.
-    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-       "-nodes", "-keyout", str(tmp / "tls.key"), "-out", str(tmp / "tls.crt"), "-days", "1",
-       "-subj", "/CN=bulk-test")
-    _start(procs, in_ns(n.server_ns, "openssl", "s_server", "-accept", f"{n.server_ip}:9443",
-                        "-cert", str(tmp / "tls.crt"), "-key", str(tmp / "tls.key"), "-www",
-                        "-quiet"))
-    ports = {"ssh": 2222, "http": 8081, "ftp": 2121, "tls": 9443, "root-shell": 4444,
-             "interactive": 4445, "shell": 4446}
+    sh(
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(tmp / "tls.key"),
+        "-out",
+        str(tmp / "tls.crt"),
+        "-days",
+        "1",
+        "-subj",
+        "/CN=bulk-test",
+    )
+    _start(
+        procs,
+        in_ns(
+            n.server_ns,
+            "openssl",
+            "s_server",
+            "-accept",
+            f"{n.server_ip}:9443",
+            "-cert",
+            str(tmp / "tls.crt"),
+            "-key",
+            str(tmp / "tls.key"),
+            "-www",
+            "-quiet",
+        ),
+    )
+    ports = {
+        "ssh": 2222,
+        "http": 8081,
+        "ftp": 2121,
+        "tls": 9443,
+        "root-shell": 4444,
+        "interactive": 4445,
+        "shell": 4446,
+    }
     for port in ports.values():
         if port < 4444:  # a probe would use up the one-shot nc listeners
             _wait_port(n.client_ns, n.server_ip, port)
@@ -179,10 +229,27 @@ def _type_into(n: Net, port: int, text: str, gap_s: float) -> None:
 
 
 def _clients(n: Net, tmp: Path) -> None:
-    ssh_opts = ["-i", str(tmp / "client_key"), "-o", "BatchMode=yes", "-o",
-                "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-p", "2222"]
-    out = sh(*in_ns(n.client_ns, "ssh", *ssh_opts, f"root@{n.server_ip}",
-                    "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line $i; sleep 0.05; done"))
+    ssh_opts = [
+        "-i",
+        str(tmp / "client_key"),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-p",
+        "2222",
+    ]
+    out = sh(
+        *in_ns(
+            n.client_ns,
+            "ssh",
+            *ssh_opts,
+            f"root@{n.server_ip}",
+            "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line $i; sleep 0.05; done",
+        )
+    )
     assert "line 12" in out.stdout
     out = sh(*in_ns(n.client_ns, "curl", "-s", f"http://{n.server_ip}:8081/index.html"))
     assert "hello" in out.stdout
@@ -300,8 +367,12 @@ def test_live_midstream(live_pcap, capsys, tmp_path) -> None:
     mid = tmp_path / "midstream.pcap"
     # The handshake (SYN, SYN-ACK, ACK) of every connection cut away.
     assert cut_heads(pcap, mid, lambda d: True, 3) >= 3 * len(ports)
-    r = subprocess.run(["tcpdump", "-nn", "-r", str(mid), "tcp[tcpflags] & tcp-syn != 0"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        ["tcpdump", "-nn", "-r", str(mid), "tcp[tcpflags] & tcp-syn != 0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert r.stdout == ""  # tcpdump as the oracle: not one SYN left
     found = _services(_findings(mid, capsys))
     for service, port in ports.items():
@@ -319,8 +390,12 @@ def test_live_ssh_without_banners(live_pcap, capsys, tmp_path) -> None:
     deep = tmp_path / "deep.pcap"
     # SSH seen from its 12th packet: no handshake, no banners, only encrypted packets.
     cut_heads(pcap, deep, lambda d: 2222 in (d.sport, d.dport), 12)
-    r = subprocess.run(["tcpdump", "-nn", "-A", "-r", str(deep), "tcp port 2222"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        ["tcpdump", "-nn", "-A", "-r", str(deep), "tcp port 2222"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "SSH-2.0" not in r.stdout
     found = [f for f in _findings(deep, capsys) if 2222 in (f["resp_p"], f["orig_p"])]
     assert [f["service"] for f in found] == ["ssh"], found
@@ -346,9 +421,18 @@ def test_live_tls_without_hellos(live_pcap, capsys, tmp_path) -> None:
     deep = tmp_path / "tls-records.pcap"
     cut_heads(pcap, deep, lambda d: 9443 in (d.sport, d.dport), last)
     # tcpdump as the oracle: no TCP payload on 9443 starts a handshake record any more.
-    r = subprocess.run(["tcpdump", "-nn", "-r", str(deep),
-                        "tcp port 9443 and tcp[((tcp[12] & 0xf0) >> 2)] = 0x16"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [
+            "tcpdump",
+            "-nn",
+            "-r",
+            str(deep),
+            "tcp port 9443 and tcp[((tcp[12] & 0xf0) >> 2)] = 0x16",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert r.stdout == ""
     found = [f for f in _findings(deep, capsys) if 9443 in (f["resp_p"], f["orig_p"])]
     assert [f["service"] for f in found] == ["tls"], found

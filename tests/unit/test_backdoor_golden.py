@@ -35,8 +35,10 @@ def test_trace_matches_golden(name: str, fast: bool) -> None:
 def test_precision_and_recall(capsys: pytest.CaptureFixture[str]) -> None:
     p, r, tp, reported, expected = golden.score(TABLE)
     with capsys.disabled():
-        print(f"\nbackdoor golden: precision {p:.3f} ({tp}/{reported}), "
-              f"recall {r:.3f} ({tp}/{expected})")
+        print(
+            f"\nbackdoor golden: precision {p:.3f} ({tp}/{reported}), "
+            f"recall {r:.3f} ({tp}/{expected})"
+        )
     assert r == 1.0, "a service on a non-standard port in the corpus was missed"
     assert p == 1.0, "something was reported that the corpus does not have"
 
@@ -50,5 +52,14 @@ def test_cli_reports_only_non_standard(capsys: pytest.CaptureFixture[str]) -> No
     assert got == want
     assert all(o["standard_port"] is False for o in out)
     for o in out:
-        assert set(o) >= {"ts", "uid", "orig_h", "orig_p", "resp_h", "resp_p", "service",
-                          "evidence", "confidence"}
+        assert set(o) >= {
+            "ts",
+            "uid",
+            "orig_h",
+            "orig_p",
+            "resp_h",
+            "resp_p",
+            "service",
+            "evidence",
+            "confidence",
+        }

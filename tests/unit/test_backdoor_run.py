@@ -23,8 +23,9 @@ def _findings(capsys: pytest.CaptureFixture[str], path: Path, *extra: str) -> li
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
-@pytest.mark.parametrize(("client", "server"), [("10.0.0.1", "10.0.0.2"),
-                                              ("2001:db8::1", "2001:db8::2")])
+@pytest.mark.parametrize(
+    ("client", "server"), [("10.0.0.1", "10.0.0.2"), ("2001:db8::1", "2001:db8::2")]
+)
 def test_port_reuse_after_a_decided_connection(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], client: str, server: str
 ) -> None:
