@@ -38,10 +38,13 @@ from bulk.compress.safe import (
 )
 from bulk.errors import ArchiveError, TraceError, UsageError
 
-# Files written at once (see _run_locked). 1: two at once measured no faster on 40
-# files of 12.5 MB (in-process, interleaved, load 1.1: 1.48-1.49 s and 2.65-2.68
-# CPU s against 1.44-1.45 s and 2.28-2.33 CPU s one at a time; docs/BENCHMARKS.md).
-PARALLEL_FILES = 1
+# Files written at once (see _run_locked). Two: while one file's last frames are
+# checked, synced, renamed and catalogued, the other's frames keep both cores busy.
+# On 40 files of 12.5 MB (alternating runs of installed builds, 2 x 6 runs): median
+# 1.47-1.51 s, 2.25-2.26 CPU s, against 1.68-1.72 s and 2.65-2.71 CPU s one at a
+# time (zstd -3 -T2 on the same files: 1.45-1.49 s). Measured no faster before the
+# checks had their own thread (docs/BENCHMARKS.md). One large file is unchanged.
+PARALLEL_FILES = 2
 
 
 @dataclass(frozen=True)
