@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bulk.config import DEFAULT_CONFIG
 from bulk.trace.zstdframe import engine
+from tests.modules_probe import loaded_modules
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-
-PROBE = """\
-import sys
-from bulk.cli import main
-status = main(sys.argv[1:])
-print(status, *sorted(sys.modules))
-"""
 
 # Loaded only with a config file, for --json, to scan a trace, or by other commands.
 UNNEEDED = (
@@ -47,12 +39,7 @@ UNNEEDED = (
 
 def _loaded(*argv: str) -> tuple[int, list[str]]:
     env = {k: v for k, v in os.environ.items() if k != "BULK_CONFIG"}
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=False, env=env
-    )
-    assert proc.stderr == ""
-    status, *modules = proc.stdout.splitlines()[-1].split()
-    return int(status), modules
+    return loaded_modules(*argv, env=env)
 
 
 @pytest.mark.parametrize("with_trace", [False, True])

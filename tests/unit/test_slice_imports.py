@@ -9,20 +9,13 @@ modules a run leaves in ``sys.modules`` are the evidence; no timing here.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+from tests.modules_probe import loaded_modules
 
-PROBE = """\
-import sys
-from bulk.cli import main
-status = main(sys.argv[1:])
-print(status, *sorted(sys.modules))
-"""
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 # Loaded only for compressed traces, streams, archives or other commands.
 HEAVY = (
@@ -42,12 +35,7 @@ HEAVY = (
 
 
 def _loaded(*argv: str) -> tuple[int, list[str]]:
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=False
-    )
-    assert proc.stderr == ""
-    status, *modules = proc.stdout.splitlines()[-1].split()
-    return int(status), modules
+    return loaded_modules(*argv)
 
 
 @pytest.mark.parametrize("show_window", [False, True])
