@@ -8,8 +8,9 @@ connections are distinct flows, and its times shifted so replicas follow one
 another. Flow structure, payloads and sizes stay those of real traffic.
 
 Both tools run on the same file in the same run, alternating, ``--runs``
-times each, after one untimed warm-up run of each (bulk runs with cached
-bytecode, as installed code does: see bench/common.py); every run prints
+times each, after one untimed warm-up run of each (bulk installed from a
+wheel of this tree into bench/out/venv, as the sensor role installs it, not
+the editable development install: see bench/common.py); every run prints
 wall time, CPU time (user+sys) and peak RSS (ru_maxrss of the child) of
 both tools and their ratios bulk / ndpiReader (below 1.0: bulk is faster);
 then the best wall time of each and the median
@@ -17,6 +18,8 @@ of the per-run ratios.
 
     python bench/backdoor.py                  # default ~200 MB input
     python bench/backdoor.py --size-mb 50 --runs 1
+    python bench/backdoor.py --input bench/out/contents-300mb.pcap
+    python bench/backdoor.py --bulk /tmp/old/bin/bulk   # time another build
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import child_env
+from common import installed_bulk, installed_env
 
 from bulk.errors import TraceError
 from bulk.trace import open_trace, pcap_header, record_header
@@ -39,7 +42,6 @@ from bulk.trace import open_trace, pcap_header, record_header
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 OUT = ROOT / "bench" / "out"
-BULK = [sys.executable, "-m", "bulk"]
 
 TRACES = [
     "zeek-http-get.pcap",
@@ -109,7 +111,7 @@ def measure(cmd: list[str]) -> tuple[float, int, float]:
     t0 = time.perf_counter()
     with open(os.devnull, "wb") as devnull:
         proc = subprocess.Popen(
-            cmd, stdout=devnull, stderr=subprocess.PIPE, cwd=ROOT, env=child_env()
+            cmd, stdout=devnull, stderr=subprocess.PIPE, cwd=ROOT, env=installed_env()
         )
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -124,6 +126,12 @@ def main() -> int:
     ap.add_argument("--size-mb", type=int, default=200)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--input", type=Path, help="use this trace instead of generating one")
+    ap.add_argument(
+        "--bulk",
+        metavar="CMD",
+        help="the bulk command to time (e.g. another build's venv/bin/bulk) instead of "
+        "installing this tree into bench/out/venv",
+    )
     args = ap.parse_args()
     if shutil.which("ndpiReader") is None:
         raise SystemExit("ndpiReader not found (Debian package libndpi-bin)")
@@ -140,8 +148,9 @@ def main() -> int:
                 f"in {time.perf_counter() - t:.1f}s"
             )
     size = trace.stat().st_size
+    bulk = [args.bulk] if args.bulk else installed_bulk()
     tools = {
-        "bulk backdoor": [*BULK, "backdoor", "--json", "-r", str(trace)],
+        "bulk backdoor": [*bulk, "backdoor", "--json", "-r", str(trace)],
         "ndpiReader": ["ndpiReader", "-q", "-i", str(trace)],
     }
     for cmd in tools.values():
