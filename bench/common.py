@@ -82,13 +82,19 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def timed(cmd: Sequence[str] | str) -> tuple[float, float, bytes]:
+def timed(
+    cmd: Sequence[str] | str, env: dict[str, str] | None = None
+) -> tuple[float, float, bytes]:
     """Wall time, CPU time (children included) and stderr of one run of ``cmd``
-    in :func:`child_env`; a string is a shell command. A failed run ends the
-    benchmark."""
+    in ``env`` (default :func:`child_env`); a string is a shell command. A
+    failed run ends the benchmark."""
     t, c = time.perf_counter(), children_cpu()
     proc = subprocess.run(
-        cmd, shell=isinstance(cmd, str), env=child_env(), capture_output=True, check=False
+        cmd,
+        shell=isinstance(cmd, str),
+        env=child_env() if env is None else env,
+        capture_output=True,
+        check=False,
     )
     wall, cpu = time.perf_counter() - t, children_cpu() - c
     if proc.returncode != 0:
