@@ -51,7 +51,7 @@ class SliceSink:
             self.out.write(b"".join(pending))
             pending.clear()
 
-    def write_raw(self, records: bytes) -> None:
+    def write_raw(self, records: bytes | memoryview) -> None:
         """Record bytes already in this sink's format (whole records)."""
         self._drain()
         self.out.write(records)

@@ -133,7 +133,9 @@ def parse_pcap_header(head: bytes) -> PcapFormat | None:
     return None
 
 
-def iter_buffer(buf: bytes, pos: int, fmt: PcapFormat) -> Iterator[tuple[int, int, int, int]]:
+def iter_buffer(
+    buf: bytes | memoryview, pos: int, fmt: PcapFormat
+) -> Iterator[tuple[int, int, int, int]]:
     """(offset, ts_ns, caplen, wirelen) of the whole records in ``buf`` from ``pos``.
 
     Stops at a partial record or at a header no pcap reader would accept (the

@@ -205,9 +205,9 @@ def write_slice(
             and only.fmt is not None
             and only.fmt.compatible(fmt)
         ):
-            for piece in only.raw_pieces(win):
-                sink.write_raw(piece)
-                report.bytes_copied += len(piece)
+            for frame_piece in only.raw_pieces(win):
+                sink.write_raw(frame_piece)
+                report.bytes_copied += len(frame_piece)
             report.ranges_copied += 1
             continue
         before = sink.packets

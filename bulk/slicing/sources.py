@@ -456,12 +456,25 @@ class IndexedSource(Source):
                 k, fut = ahead.popleft()
                 yield k, fut.result(), (self.st.layout.header_len if k == 0 else 0)
 
-    def raw_pieces(self, window: Window) -> Iterator[bytes]:
-        """The window's record bytes, in file order (pcap only)."""
+    def _decoded_reused(self, window: Window) -> Iterator[tuple[int, bytes | memoryview, int]]:
+        """As :meth:`_decoded`, each frame in a buffer that is reused once the next
+        is asked for (:meth:`SeekableTrace.frames_reused`), when the trace allows."""
+        st = self.st
+        if not st.can_reuse_buffers():
+            yield from self._decoded(window)
+            return
+        frames = st.frames
+        for k, view in st.frames_reused(self._candidates(window)):
+            self._read += frames[k].comp_size
+            yield k, view, (st.layout.header_len if k == 0 else 0)
+
+    def raw_pieces(self, window: Window) -> Iterator[bytes | memoryview]:
+        """The window's record bytes, in file order (pcap only). A piece may be a
+        view of a buffer that is reused: write it before asking for the next."""
         fmt = self.fmt
         assert fmt is not None
         start, end = window.start_ns, window.end_ns
-        for k, data, pos in self._decoded(window):
+        for k, data, pos in self._decoded_reused(window):
             if self._inside(k, window):
                 yield data[pos:] if pos else data
                 continue

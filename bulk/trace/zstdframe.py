@@ -127,7 +127,7 @@ class _SystemContext:
         cut to the frame's length: no copy of the output (copying it out of a
         reused buffer cost some 0.1 CPU s per 500 MB)."""
         bound = self._lib.ZSTD_compressBound(len(data))
-        out = _new_buffer(bound)
+        out = new_buffer(bound)
         dst = (ctypes.c_char * bound).from_buffer(out)
         try:
             n = self._lib.ZSTD_compress2(self._cctx, dst, bound, _src(data), len(data))
@@ -143,7 +143,8 @@ class _SystemContext:
             self._cctx = None
 
 
-def _new_buffer(n: int) -> bytearray:
+def new_buffer(n: int) -> bytearray:
+    """``n`` bytes that are not zeroed (``bytearray(n)`` without the accelerator)."""
     mod = native.load("recwalk")
     return bytearray(n) if mod is None else cast(bytearray, mod.new_buffer(n))
 
@@ -233,6 +234,19 @@ class _Decoder:
     def decompress(
         self, comp: bytes | bytearray | ctypes.Array[ctypes.c_char], size: int
     ) -> memoryview:
+        if len(self._buf) < size:
+            self._buf = ctypes.create_string_buffer(size)
+        self.decompress_to(comp, self._buf, size)
+        return memoryview(self._buf).cast("B")[:size]
+
+    def decompress_to(
+        self,
+        comp: bytes | bytearray | ctypes.Array[ctypes.c_char],
+        dst: ctypes.Array[ctypes.c_char],
+        size: int,
+    ) -> None:
+        """Decompress the frame ``comp`` into the first ``size`` bytes of ``dst``
+        (which has room for them); ValueError unless it holds exactly ``size``."""
         lib = self._lib
         if isinstance(comp, bytearray):
             comp = _src(comp)
@@ -241,15 +255,12 @@ class _Decoder:
             raise ValueError("not a zstd frame")
         if declared not in (size, _CONTENTSIZE_UNKNOWN):
             raise ValueError(f"its header declares {declared} bytes, the index {size}")
-        if len(self._buf) < size:
-            self._buf = ctypes.create_string_buffer(size)
         # Capacity ``size``: a frame holding more is an error, never a larger buffer.
-        n = lib.ZSTD_decompressDCtx(self._dctx, self._buf, size, comp, len(comp))
+        n = lib.ZSTD_decompressDCtx(self._dctx, dst, size, comp, len(comp))
         if lib.ZSTD_isError(n):
             raise ValueError(lib.ZSTD_getErrorName(n).decode())
         if n != size:
             raise ValueError(f"holds {n} bytes, the index says {size}")
-        return memoryview(self._buf).cast("B")[:n]
 
     def free(self) -> None:
         if self._dctx:
@@ -266,7 +277,9 @@ class FrameDecompressor:
     ``equal(comp, original, same)`` decompresses one frame (the decoder checks
     its XXH64 checksum and that it holds exactly ``len(original)`` bytes: ValueError
     if not) and returns ``same(decompressed, original)``, called while the buffer
-    is still borrowed. ``available()`` is False without a usable system library
+    is still borrowed. ``decompress_into(comp, comp_len, out, size)`` decompresses
+    into the caller's own buffer instead (slicing reuses a few for all frames).
+    ``available()`` is False without a usable system library
     (or with ``BULK_ZSTD=bundled``): use python-zstandard then."""
 
     def __init__(self) -> None:
@@ -278,18 +291,37 @@ class FrameDecompressor:
     def available(self) -> bool:
         return self._lib is not None
 
+    def _borrow(self) -> _Decoder:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            dec = _Decoder(self._lib)
+            with self._lock:
+                self._all.append(dec)
+            return dec
+
+    def decompress_into(self, comp: bytearray, comp_len: int, out: bytearray, size: int) -> None:
+        """Decompress the frame in ``comp[:comp_len]`` into ``out[:size]`` (the
+        caller's buffers, reused from frame to frame: no new pages per frame).
+        ValueError if the frame is corrupt or does not hold exactly ``size`` bytes."""
+        if len(out) < size:
+            raise ValueError(f"buffer of {len(out)} bytes for a frame of {size}")
+        src = (ctypes.c_char * comp_len).from_buffer(comp)
+        dst = (ctypes.c_char * size).from_buffer(out)
+        dec = self._borrow()
+        try:
+            dec.decompress_to(src, dst, size)
+        finally:
+            self._idle.put(dec)
+            del src, dst  # lent buffers cannot be resized
+
     def equal(
         self,
         comp: bytes | bytearray | ctypes.Array[ctypes.c_char],
         original: bytes | bytearray,
         same: Callable[[memoryview, bytes | bytearray], bool],
     ) -> bool:
-        try:
-            dec = self._idle.get_nowait()
-        except queue.Empty:
-            dec = _Decoder(self._lib)
-            with self._lock:
-                self._all.append(dec)
+        dec = self._borrow()
         try:
             with dec.decompress(comp, len(original)) as plain:
                 return same(plain, original)

@@ -456,7 +456,14 @@ def test_bulk_compressed_open_decodes_no_frame(
         decoded.append(k)
         return real(st_, k, comp)
 
+    real_into = SeekableTrace.decompress_into
+
+    def counting_into(st_: Any, k: int, *args: Any) -> Any:
+        decoded.append(k)
+        return real_into(st_, k, *args)
+
     monkeypatch.setattr(SeekableTrace, "decompress", counting)
+    monkeypatch.setattr(SeekableTrace, "decompress_into", counting_into)
     for fmt in ("zstd", "gzip"):
         comp = bulk_compressed(big, tmp_path, fmt)
         decoded.clear()

@@ -138,3 +138,54 @@ def test_frame_compressor_engines(engine: str) -> None:
     bad[len(bad) // 2] ^= 1
     with pytest.raises(zstandard.ZstdError):
         zstandard.ZstdDecompressor().decompress(bytes(bad))
+
+
+def _compressed_trace(tmp_path: Path, frame_size: int = 300) -> tuple[str, bytes]:
+    raw = pcap_bytes([(i, i * 7, bytes(range(i % 200)) * 2) for i in range(120)])
+    path = str(tmp_path / "t.pcap.zst")
+    with open(path, "wb") as f:
+        compress_stream(io.BytesIO(raw), f, CompressSettings("zstd", 3, frame_size, 1))
+    return path, raw
+
+
+def _reusable(st_: SeekableTrace) -> None:
+    if not st_.can_reuse_buffers():
+        pytest.skip("no system libzstd")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_frames_reused_are_the_frames(tmp_path: Path, threads: int) -> None:
+    path, _raw = _compressed_trace(tmp_path)
+    with SeekableTrace.open(path) as st_:
+        _reusable(st_)
+        n = len(st_.frames)
+        assert n > 8
+        for ks in (list(range(n)), [1], [0, 2, 3, 7], list(range(3, n - 1))):
+            got = [(k, bytes(view)) for k, view in st_.frames_reused(ks, threads)]
+            assert got == [(k, st_.read_frame(k)) for k in ks]
+
+
+def test_frames_reused_corrupt_frame_and_early_stop(tmp_path: Path) -> None:
+    import threading  # noqa: PLC0415
+
+    path, _raw = _compressed_trace(tmp_path)
+    before = threading.active_count()
+    with SeekableTrace.open(path) as st_:
+        _reusable(st_)
+        fr = st_.frames[4]
+        ks = list(range(len(st_.frames)))
+        # Stopped early: the threads end with the iterator.
+        it = st_.frames_reused(ks)
+        assert next(it)[0] == 0
+        it.close()
+        assert threading.active_count() == before
+    data = bytearray(Path(path).read_bytes())
+    data[fr.comp_offset + fr.comp_size // 2] ^= 0x10
+    Path(path).write_bytes(bytes(data))
+    with SeekableTrace.open(path) as st_:
+        seen = []
+        with pytest.raises(TraceError, match="frame 4 corrupt"):
+            for k, _view in st_.frames_reused(ks):
+                seen.append(k)
+        assert seen == [0, 1, 2, 3]
+    assert threading.active_count() == before
