@@ -1,7 +1,8 @@
 /* recwalk.c: the record walks of `bulk compress`, built as bulk._recwalk.
  *
  * Pure-Python twins in bulk/trace/framing.py (walk_pcap, count_pcap,
- * count_pcapng) and bulk/trace/seekable.py (same_bytes) give the same answers;
+ * count_pcapng), bulk/trace/seekable.py (same_bytes) and
+ * bulk/slicing/pcapfile.py (window_spans) give the same answers;
  * tests/unit/test_recwalk.py compares them. Every function reads a bytes-like
  * object (bytes, bytearray, memoryview, ctypes array) and releases the GIL while
  * it walks, so the walk overlaps with the compression threads.
@@ -16,6 +17,12 @@
  *       The same walk to the end of buf (verification of a frame).
  *   count_pcapng(buf, pos, big_endian) -> (packets, pos)
  *       Walks pcapng blocks from buf[pos]: (packet blocks, where it stopped).
+ *   window_spans(buf, pos, maxcap, swapped, nanosecond, start_ns, end_ns)
+ *       -> (spans, pos)
+ *       The same walk (as count_pcap); spans lists the byte ranges (a, b) of
+ *       the runs of consecutive records with start_ns <= time <= end_ns, in
+ *       order; pos is where the walk stopped. For the frames at the edges of
+ *       a slice's window (twin: bulk/slicing/pcapfile.py, window_spans).
  *   same_bytes(a, b) -> bool
  *       a and b hold the same bytes (same length, memcmp).
  *   new_buffer(n) -> bytearray
@@ -117,6 +124,76 @@ static PyObject *count_pcap(PyObject *self, PyObject *args)
     return Py_BuildValue("(Kn)", n, (Py_ssize_t)at);
 }
 
+/* Appends the range [a, b) to spans (pairs a0, b0, a1, b1, ...); 0 if out of memory. */
+static int push_span(size_t **spans, size_t *n, size_t *cap, size_t a, size_t b)
+{
+    if (*n == *cap) {
+        size_t ncap = *cap ? 2 * *cap : 8;
+        size_t *grown = realloc(*spans, ncap * 2 * sizeof **spans);
+        if (grown == NULL)
+            return 0;
+        *spans = grown;
+        *cap = ncap;
+    }
+    (*spans)[2 * *n] = a;
+    (*spans)[2 * *n + 1] = b;
+    (*n)++;
+    return 1;
+}
+
+static PyObject *window_spans(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t pos, maxcap;
+    int swapped, nsec;
+    long long start, end;
+    if (!PyArg_ParseTuple(args, "y*nnppLL:window_spans", &view, &pos, &maxcap, &swapped, &nsec,
+                          &start, &end))
+        return NULL;
+    if (check_pos(pos) < 0 || check_maxcap(maxcap) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    const unsigned char *buf = view.buf;
+    size_t size = (size_t)view.len;
+    size_t at = (size_t)pos;
+    size_t *spans = NULL;
+    size_t n = 0, cap = 0;
+    int ok = 1;
+    pcaprec_t rec;
+    Py_BEGIN_ALLOW_THREADS
+    size_t run = SIZE_MAX; /* where the current run of records inside starts */
+    size_t here = at;      /* where the record just read starts */
+    while (ok && pcaprec_next_max(buf, size, &at, swapped, (uint32_t)maxcap, &rec) ==
+                     PCAPREC_OK) {
+        int64_t ts = pcaprec_ns(&rec, nsec);
+        if (ts >= start && ts <= end) {
+            if (run == SIZE_MAX)
+                run = here;
+        } else if (run != SIZE_MAX) {
+            ok = push_span(&spans, &n, &cap, run, here);
+            run = SIZE_MAX;
+        }
+        here = at;
+    }
+    if (ok && run != SIZE_MAX)
+        ok = push_span(&spans, &n, &cap, run, at);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyObject *list = ok ? PyList_New((Py_ssize_t)n) : PyErr_NoMemory();
+    for (size_t i = 0; list != NULL && i < n; i++) {
+        PyObject *pair = Py_BuildValue("(nn)", (Py_ssize_t)spans[2 * i],
+                                       (Py_ssize_t)spans[2 * i + 1]);
+        if (pair == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, pair);
+    }
+    free(spans);
+    return list == NULL ? NULL : Py_BuildValue("(Nn)", list, (Py_ssize_t)at);
+}
+
 static uint32_t u32_order(const unsigned char *p, int big)
 {
     return big ? ((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3])
@@ -196,6 +273,8 @@ static PyMethodDef methods[] = {
      "count_pcap(buf, pos, maxcap, swapped) -> (packets, pos)"},
     {"count_pcapng", count_pcapng, METH_VARARGS,
      "count_pcapng(buf, pos, big_endian) -> (packets, pos)"},
+    {"window_spans", window_spans, METH_VARARGS,
+     "window_spans(buf, pos, maxcap, swapped, nanosecond, start_ns, end_ns) -> (spans, pos)"},
     {"same_bytes", same_bytes, METH_VARARGS, "same_bytes(a, b) -> bool"},
     {"new_buffer", new_buffer, METH_VARARGS,
      "new_buffer(n) -> bytearray of n bytes, not zeroed"},

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
@@ -151,6 +152,73 @@ def iter_buffer(
             return
         yield pos, sec * NS + frac * mult, caplen, wirelen
         pos += RECORD_HEADER_LEN + caplen
+
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+def window_spans(
+    buf: bytes | bytearray | memoryview,
+    pos: int,
+    fmt: PcapFormat,
+    start_ns: int | None,
+    end_ns: int | None,
+) -> tuple[list[tuple[int, int]], int]:
+    """The byte ranges ``(a, b)`` of the runs of consecutive whole records in
+    ``buf`` from ``pos`` with times within [start_ns, end_ns] (None: unbounded),
+    and where the walk stopped (as :func:`iter_buffer`). In C when built
+    (``bulk._recwalk.window_spans``): an edge frame of a compressed slice is
+    some 7,000 records, 3.5 ms in Python."""
+    from bulk import native  # noqa: PLC0415 - compressed traces only
+
+    mod = native.load("recwalk")
+    walk = _window_spans if mod is None else mod.window_spans
+    swapped = (fmt.endian == "<") != (sys.byteorder == "little")
+    spans: list[tuple[int, int]]
+    spans, stop = walk(
+        buf,
+        pos,
+        fmt.maxcap,
+        swapped,
+        fmt.nanosecond,
+        _INT64_MIN if start_ns is None else start_ns,
+        _INT64_MAX if end_ns is None else end_ns,
+    )
+    return spans, stop
+
+
+def _window_spans(  # noqa: PLR0917 - the C twin's signature (positional)
+    buf: bytes | bytearray | memoryview,
+    pos: int,
+    maxcap: int,
+    swapped: bool,
+    nanosecond: bool,
+    start_ns: int,
+    end_ns: int,
+) -> tuple[list[tuple[int, int]], int]:
+    """The twin of ``bulk._recwalk.window_spans`` (see :func:`window_spans`)."""
+    little = (sys.byteorder == "little") != swapped
+    unpack = struct.Struct(("<" if little else ">") + "III").unpack_from
+    mult = 1 if nanosecond else 1000
+    n = len(buf)
+    spans: list[tuple[int, int]] = []
+    run = -1
+    while pos + RECORD_HEADER_LEN <= n:
+        sec, frac, caplen = unpack(buf, pos)
+        if caplen > maxcap or pos + RECORD_HEADER_LEN + caplen > n:
+            break
+        ts = sec * NS + frac * mult
+        if start_ns <= ts <= end_ns:
+            if run < 0:
+                run = pos
+        elif run >= 0:
+            spans.append((run, pos))
+            run = -1
+        pos += RECORD_HEADER_LEN + caplen
+    if run >= 0:
+        spans.append((run, pos))
+    return spans, pos
 
 
 class Record(NamedTuple):

@@ -43,6 +43,7 @@ from bulk.slicing.pcapfile import (
     PcapFormat,
     iter_buffer,
     parse_pcap_header,
+    window_spans,
 )
 
 if TYPE_CHECKING:
@@ -478,17 +479,9 @@ class IndexedSource(Source):
             if self._inside(k, window):
                 yield data[pos:] if pos else data
                 continue
-            span_start = -1
-            for off, ts, caplen, _w in iter_buffer(data, pos, fmt):
-                inside = (start is None or ts >= start) and (end is None or ts <= end)
-                if inside and span_start < 0:
-                    span_start = off
-                elif not inside and span_start >= 0:
-                    yield data[span_start:off]
-                    span_start = -1
-                pos = off + RECORD_HEADER_LEN + caplen
-            if span_start >= 0:
-                yield data[span_start:pos]
+            spans, _stop = window_spans(data, pos, fmt, start, end)
+            for a, b in spans:
+                yield data[a:b]
 
     def records(self, window: Window, scan_all: bool = False) -> Iterator[RawRecord]:
         if self.fmt is None:

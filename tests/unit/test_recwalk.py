@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from bulk import native
 from bulk.compress import codec
 from bulk.errors import ArchiveError, TraceError
+from bulk.slicing import pcapfile
 from bulk.trace import framing, seekable, zstdframe
 from bulk.trace.reader import MAX_SNAPLEN
 from tests.conftest import DATA
@@ -267,6 +268,71 @@ def test_walk_functions_on_any_bytes(
     assert c.walk_pcap(view, pos, cut, maxcap, swapped, nano) == framing.walk_pcap(
         buf, pos, cut, maxcap, swapped, nano
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=600),
+    st.integers(min_value=0, max_value=700),
+    st.sampled_from([0, 16, 100, MAX_SNAPLEN, 2**32 - 1]),
+    st.booleans(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+)
+def test_window_spans_on_any_bytes(
+    buf: bytes, pos: int, maxcap: int, swapped: bool, nano: bool, start: int, end: int
+) -> None:
+    c = native.load("recwalk")
+    if c is None:
+        pytest.skip("bulk._recwalk not built")
+    args = (pos, maxcap, swapped, nano, start, end)
+    assert c.window_spans(buf, *args) == pcapfile._window_spans(buf, *args)
+    assert c.window_spans(memoryview(bytearray(buf)), *args) == pcapfile._window_spans(buf, *args)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(record, max_size=40),
+    st.booleans(),
+    st.booleans(),
+    st.data(),
+)
+def test_window_spans_hold_the_records_inside(
+    records: list[tuple[int, int, bytes]], big: bool, nano: bool, data: st.DataObject
+) -> None:
+    """window_spans (C and twin) cover exactly the records whose times are inside,
+    in maximal runs, as a walk with iter_buffer finds them; a cut or damaged
+    tail stops both where iter_buffer stops."""
+    if native.load("recwalk") is None:
+        pytest.skip("bulk._recwalk not built")
+    raw = build_pcap(records, big, nano, 0)
+    fmt = pcapfile.parse_pcap_header(raw)
+    assert fmt is not None
+    cut = data.draw(st.integers(min_value=24, max_value=len(raw)))
+    buf = raw[:cut]
+    bounds = [0, 1, 2**32 - 1, 10**9, *((s * 10**9 + f) for s, f, _ in records)]
+    start = data.draw(st.sampled_from(bounds) | st.none())
+    end = data.draw(st.sampled_from(bounds) | st.none())
+    walked = list(pcapfile.iter_buffer(buf, 24, fmt))
+    runs: list[tuple[int, int]] = []
+    for off, ts, caplen, _w in walked:
+        if (start is None or ts >= start) and (end is None or ts <= end):
+            rec_end = off + 16 + caplen
+            if runs and runs[-1][1] == off:
+                runs[-1] = (runs[-1][0], rec_end)
+            else:
+                runs.append((off, rec_end))
+        elif runs and runs[-1][1] == off:
+            runs.append((-1, -1))  # a record outside closes the run
+    runs = [r for r in runs if r[0] >= 0]
+    stop = walked[-1][0] + 16 + walked[-1][2] if walked else 24
+    for no_native in ("", "1"):
+        os.environ["BULK_NO_NATIVE"] = no_native
+        try:
+            assert pcapfile.window_spans(buf, 24, fmt, start, end) == (runs, stop)
+        finally:
+            os.environ.pop("BULK_NO_NATIVE", None)
 
 
 block = st.tuples(
