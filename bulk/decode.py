@@ -32,7 +32,6 @@ per packet.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from typing import NamedTuple
 
@@ -465,4 +464,6 @@ def addr_text(addr: bytes) -> str:
     """The usual text form of a packed IPv4 or IPv6 address (RFC 5952 for v6)."""
     if len(addr) == 4:
         return f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}"
+    import ipaddress  # noqa: PLC0415 - 1 ms of start-up, for IPv6 text only
+
     return str(ipaddress.IPv6Address(addr))
