@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from bulk.trace.seekable import SeekableTrace
 
 RawRecord = tuple[int, int, bytes]  # ts_ns, wirelen, data
+# What is read of a compressed trace's first frame for its file header: it is in
+# the first block, and a zstd block is at most 128 KiB (more is read if not).
+HEAD_READ = 129 * 1024
 
 
 class Segment(NamedTuple):
@@ -403,23 +406,30 @@ class IndexedSource(Source):
     def _file_header(self) -> bytes:
         """The first bytes of frame 0, decoding no more of it than that: the
         frame itself (4 MiB from bulk compress) is decoded only if the window
-        needs it, so opening a compressed trace costs a read, not a decode."""
+        needs it, so opening a compressed trace costs a small read, not a decode.
+        The header is in the frame's first block (at most 128 KiB compressed):
+        the whole frame (1.6 MB on the bench trace) is read only if not."""
         import zlib  # noqa: PLC0415
 
-        import zstandard  # noqa: PLC0415
+        from bulk.trace.zstdframe import head  # noqa: PLC0415
 
-        comp = self._compressed(0)
-        try:
-            if self.st.compression == "zstd":
-                with zstandard.ZstdDecompressor().stream_reader(comp) as reader:
-                    return reader.read(FILE_HEADER_LEN)
-            return zlib.decompressobj(31).decompress(comp, FILE_HEADER_LEN)
-        except (zstandard.ZstdError, zlib.error) as exc:
-            offset = self.st.frames[0].comp_offset
-            raise TraceError(self.path, offset, f"frame 0 corrupt: {exc}") from None
+        size = self.st.frames[0].comp_size
+        for limit in (HEAD_READ, size):
+            comp = self._compressed(0, limit)
+            try:
+                if self.st.compression == "zstd":
+                    data = head(comp, FILE_HEADER_LEN)
+                else:
+                    data = zlib.decompressobj(31).decompress(comp, FILE_HEADER_LEN)
+            except (ValueError, zlib.error) as exc:
+                offset = self.st.frames[0].comp_offset
+                raise TraceError(self.path, offset, f"frame 0 corrupt: {exc}") from None
+            if len(data) >= FILE_HEADER_LEN or limit >= size:
+                break
+        return data
 
-    def _compressed(self, k: int) -> bytes:
-        comp = self.st.read_compressed(k)
+    def _compressed(self, k: int, limit: int | None = None) -> bytes:
+        comp = self.st.read_compressed(k, limit)
         self._read += len(comp)
         return comp
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple, Protocol, cast
 
 from bulk import native
@@ -52,8 +51,7 @@ class Chunk(NamedTuple):
     stats: FrameStats
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """The container of a trace, as needed to walk its records.
 
     ``header_len``: bytes before the first record (pcap: 24; pcapng: the blocks

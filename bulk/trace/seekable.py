@@ -40,10 +40,8 @@ import struct
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, BinaryIO, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
 from bulk import native
 from bulk.errors import TraceError
@@ -51,6 +49,11 @@ from bulk.trace.framing import FrameStats, Layout
 from bulk.trace.packet import Packet
 from bulk.trace.reader import open_trace
 from bulk.trace.zstdframe import FrameCompressor, FrameDecompressor, new_buffer
+
+if TYPE_CHECKING:
+    # Imported where used: concurrent.futures loads logging (~5 ms), which a slice
+    # of a compressed trace does not need.
+    from concurrent.futures import Future
 
 SKIPPABLE_SEEK_TABLE = 0x184D2A5E
 SEEKABLE_MAGIC = 0x8F92EAB1
@@ -87,8 +90,7 @@ class Frame(NamedTuple):
     max_ts: int | None
 
 
-@dataclass(frozen=True)
-class FrameIndex:
+class FrameIndex(NamedTuple):
     """Everything the packet index says about a compressed trace."""
 
     layout: Layout
@@ -225,7 +227,8 @@ def _gzip_member(level: int, data: bytes | bytearray) -> bytes:
 
 
 _Buffer = bytes | bytearray
-_Pending = tuple[Future[_Buffer], _Buffer, FrameStats]  # compressed, original, stats
+if TYPE_CHECKING:
+    _Pending = tuple[Future[_Buffer], _Buffer, FrameStats]  # compressed, original, stats
 
 
 class SeekableWriter:
@@ -263,6 +266,8 @@ class SeekableWriter:
             self._unzstd = FrameDecompressor()
             if not self._unzstd.available():
                 self._unzstd = None  # python-zstandard's decompress_frame, and ==
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - see Future
+
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bulk-compress")
         # The checks have a thread of their own rather than a place in the workers'
         # queue behind the next frames' compression: each frame is checked right
@@ -561,11 +566,13 @@ class SeekableTrace:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def read_compressed(self, i: int) -> bytes:
+    def read_compressed(self, i: int, limit: int | None = None) -> bytes:
+        """Frame ``i``'s compressed bytes (only the first ``limit`` if given)."""
         fr = self.frames[i]
+        n = fr.comp_size if limit is None else min(limit, fr.comp_size)
         self._f.seek(fr.comp_offset)
-        data = self._f.read(fr.comp_size)
-        if len(data) != fr.comp_size:
+        data = self._f.read(n)
+        if len(data) != n:
             raise TraceError(self.path, fr.comp_offset, f"frame {i} cut short")
         return data
 
@@ -593,6 +600,8 @@ class SeekableTrace:
             for k in range(i, stop):
                 yield self.read_frame(k)
             return
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - see Future
+
         with ThreadPoolExecutor(threads, thread_name_prefix="bulk-decompress") as pool:
             ahead: deque[Future[bytes]] = deque()
             k = i

@@ -481,6 +481,39 @@ def test_bulk_compressed_open_decodes_no_frame(
         assert pcap_records(out) == naive(recs, window.start_ns, window.end_ns)
 
 
+def test_bulk_compressed_header_from_a_short_read_else_the_frame(
+    archive: tuple[Path, list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pcap header is decoded from the start of frame 0; when that start is
+    too short to hold it, the whole frame is read."""
+    from bulk.slicing import sources  # noqa: PLC0415
+    from bulk.trace import SeekableTrace  # noqa: PLC0415
+
+    big, _parts = archive
+    recs = pcap_records(big)
+    for fmt in ("zstd", "gzip"):
+        comp = bulk_compressed(big, tmp_path, fmt, frame_size=256 * 1024)
+        for head_read in (sources.HEAD_READ, 8):
+            monkeypatch.setattr(sources, "HEAD_READ", head_read)
+            opened = slicer.open_sources([str(comp)])
+            try:
+                read = opened[0].bytes_read
+                window = slicer.resolve(opened, raw(recs[6000][0]), "+2")
+                buf = io.BytesIO()
+                slicer.write_slice(opened, window, buf)
+            finally:
+                slicer.close_all(opened)
+            with SeekableTrace.open(str(comp)) as st_:
+                frame0 = st_.frames[0].comp_size
+                index = comp.stat().st_size - sum(f.comp_size for f in st_.frames)
+            # The start of frame 0; with 8 bytes, too short: then the whole frame.
+            first = min(head_read, frame0)
+            assert read == index + first + (frame0 if first < 24 else 0), (fmt, head_read)
+            out = tmp_path / f"o-{fmt}.pcap"
+            out.write_bytes(buf.getvalue())
+            assert pcap_records(out) == naive(recs, window.start_ns, window.end_ns)
+
+
 def test_bulk_compressed_unordered_pcapng_is_exact(tmp_path: Path) -> None:
     """The frame index keeps each frame's lowest and highest time: exact without --scan."""
     src = DATA / "test5-lines-randomized.pcap"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 import tempfile
 from pathlib import Path
@@ -189,3 +190,20 @@ def test_frames_reused_corrupt_frame_and_early_stop(tmp_path: Path) -> None:
                 seen.append(k)
         assert seen == [0, 1, 2, 3]
     assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("engine", ["system", "bundled"])
+def test_zstd_head_is_the_start_of_the_frame(engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if engine == "bundled":
+        monkeypatch.setattr(zstdframe, "_system_lib", lambda: None)
+    elif zstdframe._system_lib() is None:
+        pytest.skip("no system libzstd")
+    rnd = random.Random(5)
+    data = rnd.randbytes(3000) + bytes(200_000) + rnd.randbytes(300_000)
+    frame = zstandard.ZstdCompressor(level=3).compress(data)
+    for n in (0, 1, 24, 3000, 250_000, len(data), len(data) + 7):
+        assert zstdframe.head(frame, n) == data[:n]
+    for cut in (0, 5, 100, len(frame) // 2):
+        assert data.startswith(zstdframe.head(frame[:cut], 24))  # whatever it could decode
+    with pytest.raises(ValueError):
+        zstdframe.head(b"not a zstd frame at all", 24)
