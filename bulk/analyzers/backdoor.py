@@ -25,6 +25,7 @@ is the flow-table plugin that wires it to the table's hooks.
 from __future__ import annotations
 
 from collections.abc import Callable
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bulk.analyzers.interactive import EndpointStats, interactive_verdict, ssh_lengths
@@ -139,6 +140,21 @@ class Finding(NamedTuple):
             "roles": self.roles,
             "midstream": self.midstream,
         }
+
+    def json_line(self) -> str:
+        """``json.dumps(self.to_json()) + "\\n"``, byte for byte, written out
+        directly (a third of the time: ``--json`` prints one per finding)."""
+        q = _json_str
+        c, s = self.client, self.server
+        return (
+            f'{{"ts": {round(self.ts_ns / 1e9, 6)!r}, "uid": {q(self.uid)}, '
+            f'"orig_h": {q(c.host)}, "orig_p": {c.port!r}, '
+            f'"resp_h": {q(s.host)}, "resp_p": {s.port!r}, "proto": {q(self.proto)}, '
+            f'"service": {q(self.service)}, "evidence": {q(self.evidence)}, '
+            f'"confidence": {self.confidence!r}, '
+            f'"standard_port": {"true" if self.standard else "false"}, '
+            f'"roles": {q(self.roles)}, "midstream": {"true" if self.midstream else "false"}}}\n'
+        )
 
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

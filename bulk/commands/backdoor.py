@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 
@@ -143,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
 
         def emit(f: Finding) -> None:
-            sys.stdout.write(json.dumps(f.to_json()) + "\n")
+            sys.stdout.write(f.json_line())
 
     fast = False if args.no_fast else None
     try:

@@ -3,12 +3,15 @@ the Zhang-Paxson statistics and the standard-ports configuration."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bulk.analyzers import backdoor_run
 from bulk.analyzers.backdoor import BackdoorConfig, BackdoorFlow, Endpoint, Finding
 from bulk.analyzers.interactive import EndpointStats, interactive_verdict, ssh_lengths
 from bulk.analyzers.signatures import line_stats
@@ -17,7 +20,7 @@ from bulk.analyzers.standard_ports import (
     parse_ports_file,
     parse_standard_option,
 )
-from bulk.errors import UsageError
+from bulk.errors import TraceError, UsageError
 
 MS = 1_000_000
 A = Endpoint("10.0.0.1", 40000)
@@ -230,3 +233,34 @@ def test_ports_option_errors(tmp_path) -> None:
         parse_standard_option("ssh")
     with pytest.raises(UsageError):
         StandardPorts.load(str(tmp_path / "missing"))
+
+
+def _corpus_findings() -> list[Finding]:
+    found: list[Finding] = []
+    data = Path(__file__).resolve().parents[1] / "data"
+    for path in sorted(data.iterdir()):
+        if path.name.endswith((".pcap", ".pcapng")):
+            try:
+                backdoor_run.run([str(path)], BackdoorConfig(report_standard=True), found.append)
+            except TraceError:
+                pass
+    return found
+
+
+def test_json_line_is_json_dumps() -> None:
+    """--json's hand-written line is json.dumps of to_json(), byte for byte: every
+    finding of the corpus (--all) and text that needs escaping."""
+    found = _corpus_findings()
+    assert len(found) > 30
+    odd = found[0]._replace(
+        uid='C"\\\n\x00\x7f',
+        client=Endpoint("fe80::1%eth0", 0),
+        server=Endpoint("h\u00e9\u20ac\U0001f600", 65535),
+        evidence="client 'GET /\u00e4\t\r' ; \"q\"",
+        confidence=1.0,
+        ts_ns=1_795_780_800_123_456_789,
+        standard=True,
+        midstream=True,
+    )
+    for f in [*found, odd, odd._replace(confidence=0.3, ts_ns=0, standard=False)]:
+        assert f.json_line() == json.dumps(f.to_json()) + "\n"
