@@ -24,6 +24,7 @@ so the statistics are those of its opening minutes at most.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 from bulk.analyzers.signatures import NORMAL_LINE_LENGTH
@@ -147,12 +148,23 @@ class Verdict(NamedTuple):
     confidence: float
 
 
-def interactive_verdict(orig: EndpointStats, resp: EndpointStats, duration_ns: int) -> Verdict:
-    """Zhang-Paxson's generic test over both directions of one connection."""
+def interactive_verdict(
+    orig: EndpointStats,
+    resp: EndpointStats,
+    duration_ns: int,
+    add_text: Callable[[], None] | None = None,
+) -> Verdict:
+    """Zhang-Paxson's generic test over both directions of one connection.
+
+    ``add_text``, when given, is called before the text statistics are read
+    (so that a caller computes them only for the connections that get that
+    far: long enough, with a keystroke pattern)."""
     if duration_ns < MIN_DURATION_NS:
         return Verdict(False, "too short", 0.0)
     if not (orig.is_interactive() or resp.is_interactive()):
         return Verdict(False, "no keystroke pattern", 0.0)
+    if add_text is not None:
+        add_text()
     num_bytes = orig.num_bytes + resp.num_bytes
     ascii7 = orig.num_7bit_ascii + resp.num_7bit_ascii
     lines = orig.num_lines + resp.num_lines
@@ -171,12 +183,15 @@ def interactive_verdict(orig: EndpointStats, resp: EndpointStats, duration_ns: i
     return Verdict(True, f"{detail}; not text", 0.4)
 
 
-def ssh_lengths(orig: EndpointStats, resp: EndpointStats) -> Verdict:
+def ssh_lengths(
+    orig: EndpointStats, resp: EndpointStats, add_text: Callable[[], None] | None = None
+) -> Verdict:
     """Bro's ssh-len: without the banners, SSH still shows in its packet lengths.
 
     Both directions sent data, at least 8 packets in all, and at least 90%
     of payload lengths are multiples of 4 (0 or 4 modulo 8), with mostly
     non-text bytes. Weak evidence; used only for connections seen midstream.
+    ``add_text`` as for :func:`interactive_verdict`.
     """
     pkts = orig.num_pkts + resp.num_pkts
     if orig.num_pkts == 0 or resp.num_pkts == 0 or pkts < SSH_MIN_PKTS:
@@ -184,6 +199,8 @@ def ssh_lengths(orig: EndpointStats, resp: EndpointStats) -> Verdict:
     aligned = orig.aligned4 + resp.aligned4
     if aligned < SSH_MIN_RATIO * pkts:
         return Verdict(False, "lengths not aligned", 0.0)
+    if add_text is not None:
+        add_text()
     num_bytes = orig.num_bytes + resp.num_bytes
     ascii7 = orig.num_7bit_ascii + resp.num_7bit_ascii
     if ascii7 >= MIN_ASCII_RATIO * num_bytes:

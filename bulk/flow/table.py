@@ -834,25 +834,36 @@ class FlowTable:
     def _end(self, flow: Flow, reason: str) -> None:
         if not flow.alive:
             return
-        if flow.tcp is not None:
-            self._flush_queued(flow.tcp)
-            # Deliver what is buffered while the flow is still live: analyzers
-            # may still swap roles on these bytes.
-            flow.tcp.finish(flow.last_ns)
+        tcp = flow.tcp
+        if tcp is not None:
+            s0, s1 = tcp.streams
+            if s0.outq is not None or s1.outq is not None:
+                self._flush_queued(tcp)
+            if tcp.collect:
+                # Deliver what is buffered while the flow is still live: analyzers
+                # may still swap roles on these bytes.
+                tcp.finish(flow.last_ns)
         flow.alive = False
-        del self._index[flow.okey]
-        self._index.pop(flow.rkey, None)  # okey == rkey for a flow from a host to itself
+        index = self._index
+        del index[flow.okey]
+        index.pop(flow.rkey, None)  # okey == rkey for a flow from a host to itself
         del self._lru[flow]
-        for a, st in zip(self.analyzers, flow.states, strict=True):
+        states = flow.states
+        if len(states) == 1:  # one analyzer (bulk backdoor, bulk contents): no zip
+            st = states[0]
             if st is not None:
-                a.on_flow_end(flow, st, reason)
+                self.analyzers[0].on_flow_end(flow, st, reason)
+        else:
+            for a, st in zip(self.analyzers, states, strict=True):
+                if st is not None:
+                    a.on_flow_end(flow, st, reason)
         flow.states = []
         flow.active = 0
-        if flow.tcp is not None:
+        if tcp is not None:
             # Break the Flow <-> TcpConn cycle: an ended flow is freed by its
             # reference count at once, not by the cyclic garbage collector
             # (which otherwise ran ~7 times as often over a run's short flows).
-            flow.tcp.flow = None
+            tcp.flow = None
         ended = self.stats.ended
         ended[reason] = ended.get(reason, 0) + 1
 

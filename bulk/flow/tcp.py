@@ -415,11 +415,13 @@ class TcpConn:
         """Drop buffered bytes and stop reassembling (no analyzer wants them)."""
         self.collect = False
         for s in self.streams:
-            self.limits.budget_left += s.pending_bytes
-            s.pending = []
-            s.pending_bytes = 0
-            s.held = []
-            s.held_bytes = 0
+            if s.pending or s.pending_bytes:  # (no new empty lists per connection)
+                self.limits.budget_left += s.pending_bytes
+                s.pending = []
+                s.pending_bytes = 0
+            if s.held or s.held_bytes:
+                s.held = []
+                s.held_bytes = 0
 
     def finish(self, ts: int) -> None:
         """The connection ends: deliver what is buffered, report the holes."""
