@@ -144,6 +144,10 @@ _ABSOLUTE_URI = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
 _AUTHORITY = re.compile(rb"[A-Za-z0-9.-]+:\d{1,5}$|\[[0-9A-Fa-f:.]+\]:\d{1,5}$")
 
 
+_METHODS = frozenset(HTTP_METHODS)
+_METHOD_SPACE_MAX = max(map(len, HTTP_METHODS)) + 1
+
+
 def http_request(data: bytes) -> Match | None:
     """A request line ``METHOD SP target SP HTTP/x.y`` (or HTTP/0.9 ``GET /path``).
 
@@ -151,6 +155,16 @@ def http_request(data: bytes) -> Match | None:
     reported as service ``http-proxy``. A line longer than the inspected
     window still matches on ``METHOD SP target`` with lower confidence.
     """
+    # Both patterns begin 'METHOD SP' and a method has no space: the stream's
+    # first space ends a method, or nothing matches (most streams: one find).
+    sp = data.find(b" ", 0, _METHOD_SPACE_MAX)
+    if sp < 0 or data[:sp] not in _METHODS:
+        return None
+    return _http_request_line(data)
+
+
+def _http_request_line(data: bytes) -> Match | None:
+    """:func:`http_request` without the method test in front (the reference)."""
     line, complete = first_line(data)
     if not complete:
         m = _HTTP_REQUEST_PREFIX.match(line)
@@ -286,8 +300,21 @@ def imap_greeting(data: bytes) -> Match | None:
     return Match("imap", "imap-greeting", Role.SERVER, 0.9, excerpt(data))
 
 
+_IMAP_COMMAND_FIRST = frozenset(b"CLSAINclsain")  # CAPABILITY, LOGIN, STARTTLS, ...
+
+
 def imap_command(data: bytes) -> Match | None:
     """A client's tagged first command: ``a1 CAPABILITY``, ``a1 LOGIN u p``, ..."""
+    # A tag has no space: the first space ends it (1..16 characters) and the
+    # command's first letter follows, or nothing matches.
+    sp = data.find(b" ", 0, 17)
+    if sp < 1 or sp + 1 >= len(data) or data[sp + 1] not in _IMAP_COMMAND_FIRST:
+        return None
+    return _imap_command_line(data)
+
+
+def _imap_command_line(data: bytes) -> Match | None:
+    """:func:`imap_command` without the tag test in front (the reference)."""
     line, complete = first_line(data)
     if not complete or _IMAP_CLIENT.match(line) is None:
         return None
@@ -509,8 +536,20 @@ def shell_warning(data: bytes) -> Match | None:
     """The responder opens with the warning an interactive shell prints when its
     input is a socket, not a terminal (dash: "can't access tty; job control
     turned off", bash: "no job control in this shell"): a bind shell."""
-    if b"tty" not in data and b"job control" not in data:
-        return None  # neither phrase anywhere: the pattern cannot match
+    # A phrase starts within the first 65 characters: 'tty' ends by offset 80,
+    # 'job control' by 78. Neither there: the pattern cannot match.
+    if data.find(b"tty", 0, _SHELL_PHRASES_END) < 0 and (
+        data.find(b"job control", 0, _SHELL_PHRASES_END) < 0
+    ):
+        return None
+    return _shell_warning_line(data)
+
+
+_SHELL_PHRASES_END = 96
+
+
+def _shell_warning_line(data: bytes) -> Match | None:
+    """:func:`shell_warning` without the phrase test in front (the reference)."""
     line, _ = first_line(data, 160)
     if _SHELL_WARNING.match(line):
         return Match("shell", "shell-no-tty", Role.SERVER, 0.8, excerpt(data))

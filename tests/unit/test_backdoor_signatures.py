@@ -259,6 +259,43 @@ def test_first_byte_dispatch_is_exact(known: bytes, noise: bytes) -> None:
         assert sig.match_stream(data, data[:64]) == sig.match_all(data, data[:64])
 
 
+_PREFILTERED = [
+    (sig.http_request, sig._http_request_line),
+    (sig.imap_command, sig._imap_command_line),
+    (sig.shell_warning, sig._shell_warning_line),
+]
+_TEXTY = st.text(
+    alphabet=st.sampled_from(list("aA1. :/\r\n\tHTPGEOSlgnic#ty'job control turned off")),
+    max_size=120,
+).map(str.encode)
+_PREFIXES = [
+    *(m + b" " for m in sig.HTTP_METHODS),
+    b"a1 ",
+    b"abcdefghijklmnop ",
+    b"abcdefghijklmnopq ",
+    b"x ",
+    b"sh: can't access tty; job control turned off\n",
+    b"bash: no job control in this shell\n",
+    b" " * 64 + b"job control turned off\n",
+    b" " * 64 + b"can't access tty\n",
+    b" " * 65 + b"can't access tty\n",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from([p for p, *_ in POSITIVES] + NEGATIVES + _PREFIXES),
+    st.one_of(_TEXTY, st.binary(max_size=60)),
+)
+def test_prefilters_are_exact(known: bytes, noise: bytes) -> None:
+    """The cheap test in front of http-request, imap-command and shell-no-tty
+    never rejects what the pattern alone would match."""
+    cases = (known, noise, known + noise, known[:5] + noise, noise + known, known + b"\n")
+    for data in cases:
+        for fast, full in _PREFILTERED:
+            assert fast(data) == full(data), (fast.__name__, data)
+
+
 def test_every_signature_is_documented() -> None:
     names = [s.name for s in sig.SIGNATURES + sig.MIDSTREAM_SIGNATURES]
     assert len(names) == len(set(names))
