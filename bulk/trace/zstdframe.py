@@ -18,9 +18,12 @@ import queue
 import threading
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from bulk import native
+
+if TYPE_CHECKING:
+    import mmap
 
 ENV = "BULK_ZSTD"
 _MIN_VERSION = 10400  # ZSTD_compress2 and ZSTD_CCtx_setParameter: stable since 1.4.0
@@ -348,20 +351,31 @@ class FrameDecompressor:
                 self._all.append(dec)
             return dec
 
-    def decompress_into(self, comp: bytearray, comp_len: int, out: bytearray, size: int) -> None:
-        """Decompress the frame in ``comp[:comp_len]`` into ``out[:size]`` (the
-        caller's buffers, reused from frame to frame: no new pages per frame).
-        ValueError if the frame is corrupt or does not hold exactly ``size`` bytes."""
+    def decompress_into(
+        self, comp: bytearray | mmap.mmap, at: int, comp_len: int, out: bytearray, size: int
+    ) -> None:
+        """Decompress the frame in ``comp[at:at + comp_len]`` into ``out[:size]``
+        (the caller's buffers, reused from frame to frame: no new pages per
+        frame; or a writable mapping of the file). ValueError if the frame is
+        corrupt or does not hold exactly ``size`` bytes."""
         if len(out) < size:
             raise ValueError(f"buffer of {len(out)} bytes for a frame of {size}")
-        src = (ctypes.c_char * comp_len).from_buffer(comp)
+        if at < 0 or at + comp_len > len(comp):
+            raise ValueError(f"frame at {at}+{comp_len} beyond its buffer of {len(comp)} bytes")
+        src = (ctypes.c_char * comp_len).from_buffer(comp, at)
         dst = (ctypes.c_char * size).from_buffer(out)
         dec = self._borrow()
+        error = None
         try:
             dec.decompress_to(src, dst, size)
+        except ValueError as exc:
+            error = str(exc)  # not exc: its traceback holds src and dst
         finally:
             self._idle.put(dec)
-            del src, dst  # lent buffers cannot be resized
+            # Lent buffers cannot be resized, nor a mapping closed, while these live.
+            del src, dst
+        if error is not None:
+            raise ValueError(error)
 
     def equal(
         self,

@@ -154,8 +154,14 @@ def _reusable(st_: SeekableTrace) -> None:
         pytest.skip("no system libzstd")
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_frames_reused_are_the_frames(tmp_path: Path, threads: int) -> None:
+@pytest.mark.parametrize("mapped", [True, False])
+@pytest.mark.parametrize("threads", [None, 1, 2, 3])
+def test_frames_reused_are_the_frames(
+    tmp_path: Path, threads: int | None, mapped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a mapping of the file, or read into a buffer where it cannot be mapped."""
+    if not mapped:
+        monkeypatch.setattr(SeekableTrace, "_map", lambda _self, _ks: (None, 0))
     path, _raw = _compressed_trace(tmp_path)
     with SeekableTrace.open(path) as st_:
         _reusable(st_)
@@ -166,9 +172,14 @@ def test_frames_reused_are_the_frames(tmp_path: Path, threads: int) -> None:
             assert got == [(k, st_.read_frame(k)) for k in ks]
 
 
-def test_frames_reused_corrupt_frame_and_early_stop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mapped", [True, False])
+def test_frames_reused_corrupt_frame_and_early_stop(
+    tmp_path: Path, mapped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import threading  # noqa: PLC0415
 
+    if not mapped:
+        monkeypatch.setattr(SeekableTrace, "_map", lambda _self, _ks: (None, 0))
     path, _raw = _compressed_trace(tmp_path)
     before = threading.active_count()
     with SeekableTrace.open(path) as st_:
@@ -207,3 +218,11 @@ def test_zstd_head_is_the_start_of_the_frame(engine: str, monkeypatch: pytest.Mo
         assert data.startswith(zstdframe.head(frame[:cut], 24))  # whatever it could decode
     with pytest.raises(ValueError):
         zstdframe.head(b"not a zstd frame at all", 24)
+
+
+def test_decode_threads_leave_a_core_to_the_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bulk.trace import seekable  # noqa: PLC0415
+
+    for cores, threads in ((1, 1), (2, 1), (3, 2), (64, 2)):
+        monkeypatch.setattr(seekable.os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert seekable.decode_threads() == threads
