@@ -65,6 +65,8 @@ GZIP_INDEX_PREFIX = b"bulk-frame-index "
 MAX_FRAME_DECOMPRESSED = 0x40000000
 # XXH64 of no bytes, low 32 bits: the seek-table checksum of an empty frame.
 EMPTY_XXH32 = 0x51D8E999
+# Most compressed bytes SeekableTrace.frames_reused maps at once (else it reads).
+MAP_MAX = 1 << 30
 FLAG_NANOSECOND = 1
 FLAG_DAMAGED = 2
 NO_TS = -(2**63)
@@ -654,10 +656,14 @@ class SeekableTrace:
     def _map(self, ks: Sequence[int]) -> tuple[mmap.mmap | None, int]:
         """The file's pages holding frames ``ks``, mapped (copy-on-write, never
         written: the page cache's own pages), and the file offset of the mapping's
-        start; (None, 0) where the file cannot be mapped."""
+        start; (None, 0) where the file cannot be mapped, or for more than
+        :data:`MAP_MAX` bytes (a private writable mapping is counted as memory
+        the process may use: one of many GiB could be refused, or crowd others)."""
         lo = min(self.frames[k].comp_offset for k in ks)
         hi = max(self.frames[k].comp_offset + self.frames[k].comp_size for k in ks)
         base = lo - lo % mmap.ALLOCATIONGRANULARITY
+        if hi - base > MAP_MAX:
+            return None, 0
         try:
             return mmap.mmap(
                 self._f.fileno(), hi - base, offset=base, access=mmap.ACCESS_COPY

@@ -160,12 +160,18 @@ def test_frames_reused_are_the_frames(
     tmp_path: Path, threads: int | None, mapped: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """From a mapping of the file, or read into a buffer where it cannot be mapped."""
+    from bulk.trace import seekable  # noqa: PLC0415
+
     if not mapped:
-        monkeypatch.setattr(SeekableTrace, "_map", lambda _self, _ks: (None, 0))
+        monkeypatch.setattr(seekable, "MAP_MAX", 100)  # more than that: read instead
     path, _raw = _compressed_trace(tmp_path)
     with SeekableTrace.open(path) as st_:
         _reusable(st_)
         n = len(st_.frames)
+        whole, _base = st_._map(range(n))
+        assert (whole is not None) == mapped
+        if whole is not None:
+            whole.close()
         assert n > 8
         for ks in (list(range(n)), [1], [0, 2, 3, 7], list(range(3, n - 1))):
             got = [(k, bytes(view)) for k, view in st_.frames_reused(ks, threads)]
