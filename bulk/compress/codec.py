@@ -17,6 +17,7 @@ from bulk.trace.seekable import (
     FrameMismatch,
     SeekableTrace,
     SeekableWriter,
+    Workers,
     native_same_bytes,
 )
 from bulk.trace.zstdframe import FrameDecompressor
@@ -49,6 +50,8 @@ def compress_stream(
     settings: CompressSettings,
     path: str = "",
     verify_frames: bool = False,
+    *,
+    workers: Workers | None = None,
 ) -> Compressed:
     """Read an uncompressed trace from ``src`` and write the seekable file to ``out``.
 
@@ -57,10 +60,13 @@ def compress_stream(
     :class:`~bulk.trace.seekable.SeekableWriter`); a difference raises
     ArchiveError. The reading of ``src``, the compression of the next frames and
     the check of the last ones overlap, so verifying costs one decompression per
-    frame and no second pass over the original."""
+    frame and no second pass over the original. ``workers``: threads shared with
+    other files written at the same time (see :class:`~bulk.trace.seekable.Workers`)."""
     tune_malloc()
     splitter = split_frames(src, settings.frame_size, path)
-    writer = SeekableWriter(out, settings.fmt, settings.level, settings.threads, verify_frames)
+    writer = SeekableWriter(
+        out, settings.fmt, settings.level, settings.threads, verify_frames, workers=workers
+    )
     try:
         for chunk in splitter:
             writer.add(chunk.data, chunk.stats)

@@ -37,6 +37,7 @@ from bulk.compress.safe import (
     write_verified,
 )
 from bulk.errors import ArchiveError, TraceError, UsageError
+from bulk.trace.seekable import Workers
 
 # Files written at once (see _run_locked). Two: while one file's last frames are
 # checked, synced, renamed and catalogued, the other's frames keep both cores busy.
@@ -218,10 +219,13 @@ def _run_locked(options: RunOptions, report: RunReport, archive: Archive, log: L
     report.swept = sweep(directory, archive, log, dry_run=dry)
 
     settings = options.settings
-    # Up to PARALLEL_FILES files at a time (each with its own compression threads),
-    # written in worker threads; the catalogue is written here, in this thread only,
-    # in the order the files were picked.
-    with ThreadPoolExecutor(PARALLEL_FILES, thread_name_prefix="bulk-file") as pool:
+    # Up to PARALLEL_FILES files at a time, written in threads of their own that
+    # share one set of compression and check threads; the catalogue is written
+    # here, in this thread only, in the order the files were picked.
+    with (
+        Workers(settings.threads, verify=True) as workers,
+        ThreadPoolExecutor(PARALLEL_FILES, thread_name_prefix="bulk-file") as pool,
+    ):
         in_flight: deque[tuple[str, int, Future[Written]]] = deque()
         for path in select(directory, settings.fmt, options.older_than_s, time.time()):
             pending = archive.still_cataloguing(path)
@@ -250,7 +254,7 @@ def _run_locked(options: RunOptions, report: RunReport, archive: Archive, log: L
                 report.failed.append((path, short))
                 log(f"FAILED to compress {path}: {short}; the original is kept")
                 continue
-            in_flight.append((path, size, pool.submit(write_verified, path, settings)))
+            in_flight.append((path, size, pool.submit(write_verified, path, settings, workers)))
         while in_flight:
             _finish_next(in_flight, report, archive, log)
 

@@ -47,7 +47,7 @@ from bulk.compress.codec import (
     verify,
 )
 from bulk.errors import ArchiveError
-from bulk.trace.seekable import SeekableTrace
+from bulk.trace.seekable import SeekableTrace, Workers
 
 CRASH_ENV = "BULK_COMPRESS_CRASH_AT"
 CRASH_POINTS = (
@@ -279,9 +279,10 @@ class Written:
     started: float
 
 
-def write_verified(src: str, settings: CompressSettings) -> Written:
+def write_verified(src: str, settings: CompressSettings, workers: Workers | None = None) -> Written:
     """The first steps of the replace (see the module text): write, verify, fsync,
-    rename. No catalogue here, so several files may be written at once from threads."""
+    rename. No catalogue here, so several files may be written at once from threads
+    (sharing ``workers``, the compression and check threads)."""
     t0 = time.monotonic()
     final = src + FORMATS[settings.fmt]
     tmp = temp_path(final)
@@ -304,7 +305,7 @@ def write_verified(src: str, settings: CompressSettings) -> Written:
             with os.fdopen(fd, "wb", buffering=1 << 20) as out:
                 # Every frame is verified as it is written (read back, decompressed,
                 # compared with the original's bytes), overlapped with compression.
-                result = compress_stream(f, out, settings, src, verify_frames=True)
+                result = compress_stream(f, out, settings, src, True, workers=workers)
                 out.flush()
                 crash_point("after-write")
                 if os.geteuid() == 0:
