@@ -800,23 +800,9 @@ class SeekableTrace:
             submit()
             for w in workers:
                 w.start()
-            own: bytearray | None = None  # this thread's buffer, if it has to read
             while pending:
                 slot = pending.popleft()
-                # Rather than wait for the next frame, decode a later one meanwhile
-                # (the one queued for when a worker is free): the writer would
-                # otherwise idle while its frame is decoded, first of all for the
-                # first frame, when there is nothing to write yet.
-                while not slot.done.is_set():
-                    try:
-                        later = jobs.get_nowait()
-                    except queue.Empty:
-                        slot.done.wait()
-                        break
-                    assert later is not None  # the workers' ends are queued below
-                    if own is None and mapped is None:
-                        own = new_buffer(comp_cap)
-                    decode(later, own)
+                slot.done.wait()
                 if slot.error is not None:
                     raise slot.error
                 assert slot.view is not None
