@@ -19,8 +19,10 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,6 +262,7 @@ class KillingLoop(Loop):
         self.crashed = dict.fromkeys((*CRASH_POINTS, *RETENTION_CRASH_POINTS), 0)
         self.sigkilled = 0
         self.finished = 0
+        self.durations: list[float] = []  # of the runs that finished
 
     def _run(self) -> None:
         points = [*self.crashed, "sigkill", "sigkill", "sigkill"]
@@ -270,14 +273,17 @@ class KillingLoop(Loop):
             env = dict(os.environ)
             if point != "sigkill":
                 env[CRASH_ENV] = point
+            t0 = time.monotonic()
             with subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, cwd=REPO, env=env) as proc:  # fmt: skip
                 if point == "sigkill":
                     try:
-                        proc.wait(self.rng.uniform(0.02, 0.3))  # a run takes ~0.1-0.5 s
+                        proc.wait(self._kill_delay())
                     except subprocess.TimeoutExpired:
                         proc.kill()
                 out, err = proc.communicate(timeout=300)
+            if proc.returncode == 0:
+                self.durations.append(time.monotonic() - t0)
             self.results.append(subprocess.CompletedProcess(self.argv, proc.returncode, out, err))
             if proc.returncode == 137 and point != "sigkill":
                 self.crashed[point] += 1
@@ -286,6 +292,13 @@ class KillingLoop(Loop):
             elif proc.returncode == 0:
                 self.finished += 1
             self._stop.wait(self.every)
+
+    def _kill_delay(self) -> float:
+        """A moment inside a run: 10-90% of the median time of the runs that
+        finished so far (0.1 s before any did). A fixed range stopped landing
+        inside runs once start-up and compression got faster."""
+        typical = statistics.median(self.durations) if self.durations else 0.1
+        return self.rng.uniform(0.1, 0.9) * typical
 
 
 def test_compress_and_retention_killed_under_load(pair: VethPair, tmp_path: Path) -> None:
