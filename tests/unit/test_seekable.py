@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from bulk.compress.codec import CompressSettings, compress_stream, verify
 from bulk.errors import ArchiveError, TraceError
-from bulk.trace import Packet, PcapWriter, zstdframe
+from bulk.trace import Packet, PcapWriter, seekable, zstdframe
 from bulk.trace.framing import count_packets, split_frames
 from bulk.trace.seekable import FrameIndex, SeekableTrace
 
@@ -232,3 +232,36 @@ def test_decode_threads_leave_a_core_to_the_writer(monkeypatch: pytest.MonkeyPat
     for cores, threads in ((1, 1), (2, 1), (3, 2), (64, 2)):
         monkeypatch.setattr(seekable.os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
         assert seekable.decode_threads() == threads
+
+
+def test_writers_sharing_workers_when_one_stops(tmp_path: Path) -> None:
+    """Two writers on one set of Workers (bulk compress writes two files at once):
+    one stopped midway (an error in its file) cancels and waits for its own jobs
+    only; the other goes on with the same threads and its file reads back whole."""
+    raw_a = pcap_bytes([(1, i, bytes([i % 256]) * 300) for i in range(300)])
+    raw_b = pcap_bytes([(2, i, bytes(range(200 + i % 50))) for i in range(300)])
+    a_path, b_path = tmp_path / "a.pcap.zst", tmp_path / "b.pcap.zst"
+    with seekable.Workers(2, verify=True) as workers:
+        with open(a_path, "w+b") as fa, open(b_path, "w+b") as fb:
+            wa = seekable.SeekableWriter(fa, "zstd", 3, verify=True, workers=workers)
+            wb = seekable.SeekableWriter(fb, "zstd", 3, verify=True, workers=workers)
+            frames_a = iter(split_frames(io.BytesIO(raw_a), 4000))
+            sb = split_frames(io.BytesIO(raw_b), 4000)
+            for k, chunk in enumerate(sb):
+                wb.add(chunk.data, chunk.stats)
+                if k < 6:
+                    a = next(frames_a)
+                    wa.add(a.data, a.stats)
+                elif k == 6:
+                    wa.abort()
+            assert k > 12
+            index = wb.finish(sb.layout, False)
+        assert not workers.compress._shutdown  # the stopped writer left them running
+    with SeekableTrace.open(str(b_path)) as st_:
+        assert st_.index == index
+        assert st_.read_frames(0, len(st_.frames)) == raw_b
+
+
+def test_shared_workers_without_a_check_thread_cannot_verify() -> None:
+    with seekable.Workers(1) as workers, pytest.raises(ValueError, match="check thread"):
+        seekable.SeekableWriter(io.BytesIO(), verify=True, workers=workers)
