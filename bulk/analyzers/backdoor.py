@@ -38,6 +38,7 @@ from bulk.analyzers.signatures import (
 )
 from bulk.analyzers.standard_ports import StandardPorts
 from bulk.flow.analyzer import DONE, ORIG, Analyzer
+from bulk.slotted import Frozen
 
 try:  # hashlib would load OpenSSL's _hashlib too (2-5 ms of start-up) for BLAKE2 alone
     from _blake2 import blake2b
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 MATCH_TRIES = 3  # signature passes per direction while data arrives
 
 
-class BackdoorConfig:
+class BackdoorConfig(Frozen):
     """How much of each connection is inspected, and what counts as standard
     (immutable; a plain class: ``dataclasses`` costs about 7 ms of start-up).
 
@@ -87,17 +88,6 @@ class BackdoorConfig:
         init(self, "max_data_packets", max_data_packets)
         init(self, "report_standard", report_standard)
         init(self, "report_interactive", report_interactive)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"BackdoorConfig is immutable: cannot set {name!r}")
-
-    def __repr__(self) -> str:
-        return (
-            f"BackdoorConfig(standard={self.standard!r}, inspect_bytes={self.inspect_bytes}, "
-            f"max_data_packets={self.max_data_packets}, "
-            f"report_standard={self.report_standard}, "
-            f"report_interactive={self.report_interactive})"
-        )
 
 
 class Endpoint(NamedTuple):

@@ -58,6 +58,7 @@ from bulk.analyzers.backdoor import BackdoorAnalyzer, BackdoorConfig, Finding
 from bulk.decode import PROTO_TCP, decode_fields
 from bulk.errors import FilterError, TraceError, TruncatedTrace, Vanished
 from bulk.flow.table import FlowConfig, FlowTable, TableStats
+from bulk.slotted import Slotted
 from bulk.trace import iter_packets, open_trace
 from bulk.trace.bpf import _LINKTYPE_TO_DLT, compile_bpf
 from bulk.trace.packet import (
@@ -98,7 +99,7 @@ _OTHER_MAX_SNAPLEN = frozenset({231, 249, 279})
 _WITH_SYN = frozenset(bytes([b]) for b in range(256) if b & 0x02)  # TCP flags bytes
 
 
-class RunStats:
+class RunStats(Slotted):
     """What one run read and how (for --stats and the benchmark).
 
     ``path``: "fast" or "generic"; ``gate``: on the fast path, the packet gate
@@ -128,22 +129,6 @@ class RunStats:
         self.flows = 0
         self.decided_early = 0
         self.table = TableStats()
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RunStats) and all(
-            getattr(self, n) == getattr(other, n) for n in self.__slots__
-        )
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
-
-    def __repr__(self) -> str:
-        return (
-            f"RunStats(path={self.path!r}, gate={self.gate!r}, files={self.files}, "
-            f"packets_to_python={self.packets_to_python}, "
-            f"packets_dropped_in_c={self.packets_dropped_in_c}, "
-            f"packets_skipped={self.packets_skipped}, flows={self.flows}, "
-            f"decided_early={self.decided_early}, table={self.table!r})"
-        )
 
 
 def flow_config() -> FlowConfig:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from bulk.errors import UsageError
+from bulk.slotted import Frozen
 
 _SERVICE = re.compile(r"[a-z][a-z0-9_.+-]*$")
 
@@ -71,7 +72,7 @@ def parse_standard_option(value: str) -> tuple[str, frozenset[int]]:
 _DEFAULTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "standard_ports.conf")
 
 
-class StandardPorts:
+class StandardPorts(Frozen):
     """service -> the ports where that service is expected (immutable).
 
     (A plain class, not a dataclass: ``dataclasses`` imports ``inspect``, about
@@ -83,16 +84,10 @@ class StandardPorts:
     def __init__(self, table: Mapping[str, frozenset[int]]) -> None:
         object.__setattr__(self, "table", table)
 
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"StandardPorts is immutable: cannot set {name!r}")
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, StandardPorts) and dict(self.table) == dict(other.table)
 
     __hash__ = None  # type: ignore[assignment]  # as the dataclass (its mapping is not hashable)
-
-    def __repr__(self) -> str:
-        return f"StandardPorts(table={self.table!r})"
 
     @classmethod
     def default(cls) -> StandardPorts:

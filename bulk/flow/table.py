@@ -52,6 +52,7 @@ from bulk.flow.analyzer import (
     Analyzer,
 )
 from bulk.flow.tcp import M32, ReassemblyLimits, TcpConn, TcpStream
+from bulk.slotted import Frozen, Slotted
 from bulk.trace.bpf import BpfFilter
 from bulk.trace.chunks import PcapRecords, pcap_records
 from bulk.trace.packet import LINKTYPE_ETHERNET, Packet
@@ -97,7 +98,7 @@ def make_uid(n: int) -> str:
     return "C" + "".join(reversed(out))
 
 
-class FlowConfig:
+class FlowConfig(Frozen):
     """Flow table settings (immutable). Times are seconds of packet time.
 
     (A plain class, not a dataclass: ``dataclasses`` imports ``inspect``,
@@ -162,24 +163,8 @@ class FlowConfig:
         init(self, "hold_packets", hold_packets)
         init(self, "hold_bytes", hold_bytes)
 
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"FlowConfig is immutable: cannot set {name!r}")
 
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, FlowConfig) and self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"FlowConfig({fields})"
-
-
-class TableStats:
+class TableStats(Slotted):
     """Counters of one table run (what was skipped, and why).
 
     ``undecodable``: not IPv4/IPv6, or cut inside a header;
@@ -207,21 +192,6 @@ class TableStats:
         self.flows = 0
         self.ended: dict[str, int] = {}
         self.fast_path = 0
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TableStats) and all(
-            getattr(self, n) == getattr(other, n) for n in self.__slots__
-        )
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
-
-    def __repr__(self) -> str:
-        return (
-            f"TableStats(packets={self.packets}, undecodable={self.undecodable}, "
-            f"later_fragments={self.later_fragments}, "
-            f"other_protocols={self.other_protocols}, flows={self.flows}, "
-            f"ended={self.ended!r}, fast_path={self.fast_path})"
-        )
 
 
 class Flow:
